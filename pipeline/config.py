@@ -1,0 +1,203 @@
+"""Typed pipeline parameters: one pydantic model per `params.yaml` section.
+
+Every stage reads only its own sections through `load_section`, so a typo in a key fails fast with
+the file, the dotted field and the expected type, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """Raised when params.yaml is missing, unreadable or has an invalid value."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Range = tuple[float, float]
+
+
+class DataParams(_Section):
+    """`data`: where images come from and how they are split and sharded."""
+
+    source: Literal["fashion-mnist", "imagefolder"] = "fashion-mnist"
+    root: str = "/usr/share/datasets/fashion-mnist"
+    seed: int = 0
+    val_size: int = Field(5000, ge=0, description="fashion-mnist: images held out of train for val")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="imagefolder: fraction for val")
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="imagefolder: fraction for test")
+    max_per_class: int | None = Field(None, ge=1, description="cap images per class and split (quick runs)")
+    image_mode: Literal["L", "RGB"] = "L"
+    image_size: int | None = Field(None, ge=4, description="imagefolder: output side; None keeps size")
+    resize: Literal["center-crop", "pad", "stretch"] = "center-crop"
+    shard_max_count: int = Field(10000, ge=1)
+    shard_max_bytes: int = Field(64_000_000, ge=1024)
+    on_corrupt: Literal["fail", "skip"] = "fail"
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataParams:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be < 1")
+        return self
+
+
+class ValidateParams(_Section):
+    """`validate`: thresholds of the great-expectations gate."""
+
+    expected_sizes: dict[str, int] = Field(default_factory=lambda: {"train": 55000, "val": 5000, "test": 10000})
+    size_tolerance: float = Field(0.02, ge=0.0)
+    min_class_ratio: float = Field(0.5, ge=0.0, le=1.0)
+    max_duplicate_rate: float = Field(0.01, ge=0.0, le=1.0)
+    pixel_mean_range: Range = (0.05, 0.95)
+    pixel_std_range: Range = (0.02, 0.5)
+    max_constant_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    severity: dict[str, Literal["error", "warning"]] = Field(default_factory=dict)
+
+
+class ModelParams(_Section):
+    """`model`: encoder and predictor architecture."""
+
+    img_size: int = 28
+    patch_size: int = 4
+    in_chans: int = 1
+    embed_dim: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    pred_embed_dim: int = 64
+    pred_depth: int = 3
+    pred_num_heads: int = 4
+
+    @model_validator(mode="after")
+    def _grid(self) -> ModelParams:
+        if self.img_size % self.patch_size:
+            raise ValueError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads or self.pred_embed_dim % self.pred_num_heads:
+            raise ValueError("embed dims must be divisible by their head counts")
+        return self
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.img_size // self.patch_size
+        return side, side
+
+
+class MaskParams(_Section):
+    """`mask`: multi-block masking (DESIGN.md §4)."""
+
+    num_targets: int = Field(4, ge=1)
+    target_scale: Range = (0.15, 0.2)
+    target_aspect: Range = (0.75, 1.5)
+    context_scale: Range = (0.85, 1.0)
+    context_aspect: Range = (1.0, 1.0)
+    min_context: int = Field(4, ge=1)
+    official_compat: bool = False
+
+
+class TrainParams(_Section):
+    """`train`: optimisation, schedules, checkpointing (pipeline/ijepa/train.py; docs in params.yaml)."""
+
+    seed: int = 0
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = 1e-3
+    start_lr: float = 1e-4
+    final_lr: float = 1e-6
+    warmup_epochs: float = Field(0.25, ge=0.0)
+    weight_decay: Range = (0.04, 0.4)
+    ema: Range = (0.996, 1.0)
+    grad_clip: float | None = None
+    loss: Literal["smooth_l1", "l2"] = "smooth_l1"
+    augment_scale: Range | None = (0.3, 1.0)
+    num_workers: int = Field(2, ge=0)
+    device: str = "auto"
+    compile: bool = False
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
+    snapshots: int = Field(4, ge=0, description="intermediate encoder snapshots for accuracy-vs-time")
+    log_every: int = Field(20, ge=1)
+    resume: bool = Field(True, description="resume from models/checkpoints; false: delete them, start over")
+
+
+class EvalParams(_Section):
+    """`eval`: frozen-encoder protocols and baselines (pipeline/eval; accuracies are fractions in [0, 1])."""
+
+    last_layers: int = Field(1, ge=1, description="1: last layer pool; 4: concat of last 4 layers' pools")
+    batch_size: int = Field(512, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 where the CPU/GPU has it")
+    device: str = "auto"
+    max_train: int | None = Field(10000, ge=1, description="train images per feature set (stratified; speed)")
+    snapshot_max_images: int | None = Field(2000, ge=1, description="images per split for snapshot probes")
+    subset_seed: int = 0
+    c_grid: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
+    lowshot_k: list[int] = Field(default_factory=lambda: [1, 5, 10, 25])
+    lowshot_seeds: int = Field(5, ge=1)
+    lowshot_percent: float | None = Field(1.0, gt=0.0, le=100.0)
+    knn_k: list[int] = Field(default_factory=lambda: [10, 20, 200])
+    knn_temperature: float = Field(0.07, gt=0.0)
+    random_init_seed: int = 0
+
+
+class RegisterParams(_Section):
+    """`register`: the quality gate and the artifact's identity."""
+
+    artifact: str = "ijepa-encoder"
+    min_linear_top1: float = 0.0
+    min_margin_over_random: float = 0.0
+    min_margin_over_raw: float | None = None
+    require_validation: bool = True
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "data": DataParams,
+    "validate": ValidateParams,
+    "model": ModelParams,
+    "mask": MaskParams,
+    "train": TrainParams,
+    "eval": EvalParams,
+    "register": RegisterParams,
+}
+
+S = TypeVar("S", bound=_Section)
+
+
+def read_params_file(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
+    """Read params.yaml as a plain dict, with a clear error when it is missing or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def parse_section(name: str, raw: dict[str, Any] | None, source: str = "params.yaml") -> _Section:
+    """Validate one section's dict; errors name the file, the dotted key and what was expected."""
+    model = SECTIONS[name]
+    try:
+        return model.model_validate(raw or {})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in (name, *err["loc"]))
+            got = err.get("input")
+            lines.append(f"  {loc}: {err['msg']} (got {got!r})")
+        raise ParamsError(f"{source}: invalid params:\n" + "\n".join(lines)) from None
+
+
+def load_section(name: str, path: Path | str = DEFAULT_PARAMS, model: type[S] | None = None) -> S:
+    """Load and validate the `name` section of params.yaml (absent section = all defaults)."""
+    raw = read_params_file(path)
+    return parse_section(name, raw.get(name), str(path))  # type: ignore[return-value]
