@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 
@@ -58,6 +60,215 @@ def shard(
         raise fail(str(exc)) from None
     typer.echo(f"{summary['count']['total']} images in {summary['shards']['total']} shards "
                f"({summary['images_per_s']:.0f} images/s); report: {report}")  # fmt: skip
+
+
+@app.command()
+def validate(
+    shards: Path = typer.Option(Path("data/shards"), help="shard directory holding {split}/*.tar"),
+    manifest: Path = typer.Option(Path("data/manifest.csv"), help="manifest CSV of those shards"),
+    params: Path = typer.Option(Path("params.yaml"), help="params file; its `validate` section is used"),
+    report: Path = typer.Option(Path("reports/validation.json"), help="validation report JSON path"),
+    docs: Path = typer.Option(Path("reports/data_docs"), help="great-expectations Data Docs directory"),
+    no_docs: bool = typer.Option(False, "--no-docs", help="skip building Data Docs"),
+) -> None:
+    """Validate any shard directory against its manifest with the great-expectations gate.
+
+    Same checks as the `validate` stage: manifest schema, labels, hashes, every sample re-read and
+    decoded, missing/stray shards, split sizes, class balance, duplicates and leakage, pixel stats.
+    Writes the report (also on failure); exits 1 when an `error`-severity check fails, listing each
+    failed check with its observed and expected value on stderr.
+    """
+    from pipeline.config import ParamsError, load_section
+    from pipeline.data.validation import run_validation, summary_lines
+
+    try:
+        section = load_section("validate", params)
+    except ParamsError as exc:
+        raise fail(str(exc)) from None
+    code, result = run_validation(shards, manifest, section, report, None if no_docs else docs)
+    lines = summary_lines(result)
+    typer.echo("\n".join(lines), err=bool(code) or len(lines) > 1)
+    if code:
+        raise typer.Exit(code)
+    typer.echo(f"normalization (train): {result['normalization']}; report: {report}")
+
+
+# --- registry (gto) and lineage ------------------------------------------------------------------------
+registry_app = typer.Typer(
+    help="Versions and stages of the encoder as gto git tags (<artifact>@vX.Y.Z, <artifact>#<stage>#N). "
+    "Run `dvc repro` and commit first: a version is a commit that holds registry/entry.json.",
+    no_args_is_help=True,
+)
+app.add_typer(registry_app, name="registry")
+ARTIFACT_OPT = typer.Option(None, help="artifact name (default: params.yaml register.artifact)")
+T = TypeVar("T")
+
+
+def _artifact(name: str | None) -> str:
+    from pipeline.config import ParamsError, RegisterParams, load_section
+
+    if name:
+        return name
+    try:
+        return load_section("register", "params.yaml", RegisterParams).artifact
+    except ParamsError:
+        return RegisterParams().artifact
+
+
+def _registry_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call a registry/lineage function; its expected errors become a one-line message and exit 1."""
+    from pipeline.registry_gto import RegistryError
+    from pipeline.registry_store import RecordError
+
+    try:
+        return fn(*args, **kwargs)
+    except (RegistryError, RecordError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+
+
+def _echo_json(data: object) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@registry_app.command("register")
+def registry_register(
+    version: str = typer.Option(None, help="explicit semantic version (default: v0.1.0 first, then a bump)"),
+    bump: str = typer.Option("minor", help="major | minor | patch, when no --version is given"),
+    ref: str = typer.Option("HEAD", help="commit holding the run (dvc.lock + registry/entry.json)"),
+    message: str = typer.Option(None, help="tag message"),
+    artifact: str = ARTIFACT_OPT,
+) -> None:
+    """Register the committed run as a new version of the encoder (a gto tag)."""
+    from pipeline.registry_gto import register_version
+
+    rec = _registry_call(register_version, Path("."), _artifact(artifact), ref=ref, version=version, bump=bump,
+                         message=message)  # fmt: skip
+    gate = "passed" if rec["gate_passed"] else "FAILED (not promotable to prod)"
+    typer.echo(f"registered {rec['tag']} at {rec['commit'][:10]} (gate {gate})")
+
+
+@registry_app.command("promote")
+def registry_promote(
+    stage: str = typer.Option(..., help="dev | staging | prod"),
+    version: str = typer.Option(None, help="version to promote (default: the latest)"),
+    message: str = typer.Option(None, help="tag message"),
+    artifact: str = ARTIFACT_OPT,
+) -> None:
+    """Assign a stage to a version; prod only when the version's entry says the quality gate passed."""
+    from pipeline.registry_gto import promote
+
+    rec = _registry_call(promote, Path("."), _artifact(artifact), stage, version=version, message=message)
+    typer.echo(f"promoted {rec['version']} to {rec['stage']}: {rec['tag']}")
+
+
+def _versions_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("version", "commit", "stages", "gate", "linear top-1", "random-init", "raw pixels", "created")
+    for r in rows:
+        m = r["metrics"]
+        cells = [f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "-" for k in m]
+        gate = {True: "passed", False: "FAILED"}.get(r["gate_passed"], "-")
+        table.add_row(r["version"], r["commit"][:10], ", ".join(r["stages"]) or "-", gate, *cells, r["created_at"])
+    Console().print(table)
+
+
+@registry_app.command("list")
+def registry_list(json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+                  artifact: str = ARTIFACT_OPT) -> None:  # fmt: skip
+    """All versions with their stages, gate and headline metrics (from each version's entry)."""
+    from pipeline.registry_gto import versions
+
+    rows = _registry_call(versions, Path("."), _artifact(artifact))
+    if json_out:
+        _echo_json(rows)
+    elif not rows:
+        typer.echo("no registered versions (ijepa registry register)")
+    else:
+        _versions_table(rows)
+
+
+@registry_app.command("show")
+def registry_show(
+    version: str = typer.Option(None, help="show this version in detail"),
+    stage: str = typer.Option(None, help="show the version in this stage in detail"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+    artifact: str = ARTIFACT_OPT,
+) -> None:
+    """Versions and stages (like `list`); with --version/--stage, one version's entry in detail."""
+    from pipeline.registry_gto import version_detail
+
+    if not version and not stage:
+        registry_list(json_out=json_out, artifact=artifact)
+        return
+    rec = _registry_call(version_detail, Path("."), _artifact(artifact), version=version, stage=stage)
+    if json_out:
+        _echo_json(rec)
+        return
+    entry = rec.pop("entry") or {}
+    _versions_table([rec])
+    for check in (entry.get("gate") or {}).get("checks", []):
+        typer.echo(f"gate: {check['name']}: {check['observed']} (required {check['required']})")
+    typer.echo(f"encoder sha256 {(entry.get('encoder') or {}).get('sha256')}, entry created {entry.get('created_at')}")
+
+
+@registry_app.command("get")
+def registry_get(
+    version: str = typer.Option(None, help="version (default: latest)"),
+    stage: str = typer.Option(None, help="stage, e.g. prod"),
+    cache_dir: Path = typer.Option(None, help="where to materialise (default .ijepa/registry-cache)"),
+    artifact: str = ARTIFACT_OPT,
+) -> None:
+    """Print the path of a version's weights, materialised from DVC at its tag and sha256-verified."""
+    from pipeline.registry_gto import fetch_encoder
+
+    typer.echo(str(_registry_call(fetch_encoder, Path("."), _artifact(artifact), version=version, stage=stage,
+                                  cache_dir=cache_dir)))  # fmt: skip
+
+
+@app.command()
+def lineage(
+    version: str = typer.Option(None, help="audit this registered version (read at its tag)"),
+    stage: str = typer.Option(None, help="audit the version in this stage"),
+    verify: bool = typer.Option(False, "--verify", help="recompute every recorded hash; exit 1 on any mismatch"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+    artifact: str = ARTIFACT_OPT,
+) -> None:
+    """Lineage of the workspace or of a version: version → commit → encoder → metrics → params → validation →
+    shards → manifest → source dataset, from dvc.lock, registry/entry.json and git."""
+    from rich.console import Console
+
+    from pipeline.lineage import build_lineage, render_tree, to_json
+    from pipeline.lineage import verify as verify_lineage
+
+    lin = _registry_call(build_lineage, Path("."), _artifact(artifact), version=version, stage=stage)
+    checks = _registry_call(verify_lineage, lin) if verify else None
+    if json_out:
+        _echo_json(to_json(lin, checks))
+    else:
+        console = Console()
+        console.print(render_tree(lin, checks))
+        if checks is not None:
+            failed = [c for c in checks if c.failed]
+            skipped = [c for c in checks if c.status == "skipped"]
+            for c in failed:
+                console.print(f"[red]{c.status.upper()}[/] {c.subject}: " + "; ".join(c.details), highlight=False)
+            for c in skipped:
+                console.print(f"[yellow]skipped[/] {c.subject}: " + "; ".join(c.details), highlight=False)
+            verdict = f"{len(failed)} mismatch(es)" if failed else "all hashes match"
+            console.print(f"verify: {len(checks)} checks, {verdict}, {len(skipped)} skipped")
+    if checks is not None and any(c.failed for c in checks):
+        raise typer.Exit(1)
+
+
+# Orchestration (Prefect flows, deployments, Optuna sweep): pipeline/cli_orchestration.py, lazy imports.
+from pipeline.cli_orchestration import flow_app, sweep  # noqa: E402
+
+app.add_typer(flow_app, name="flow")
+app.command("sweep")(sweep)
 
 
 def main() -> None:  # pragma: no cover - console entry point

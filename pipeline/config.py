@@ -51,16 +51,29 @@ class DataParams(_Section):
 
 
 class ValidateParams(_Section):
-    """`validate`: thresholds of the great-expectations gate."""
+    """`validate`: thresholds of the great-expectations gate (check names: pipeline/data/validation_checks.py)."""
 
-    expected_sizes: dict[str, int] = Field(default_factory=lambda: {"train": 55000, "val": 5000, "test": 10000})
-    size_tolerance: float = Field(0.02, ge=0.0)
-    min_class_ratio: float = Field(0.5, ge=0.0, le=1.0)
-    max_duplicate_rate: float = Field(0.01, ge=0.0, le=1.0)
+    expected_sizes: dict[str, int] = Field(
+        default_factory=lambda: {"train": 55000, "val": 5000, "test": 10000},
+        description="split -> expected sample count; these splits are the ones checked",
+    )
+    size_tolerance: float = Field(0.02, ge=0.0, description="allowed relative deviation from expected_sizes")
+    num_classes: int | None = Field(None, ge=1, description="labels must lie in [0, num_classes); None: distinct "
+                                    "class names in the manifest")  # fmt: skip
+    min_class_ratio: float = Field(0.5, ge=0.0, le=1.0, description="smallest class >= ratio x mean class count")
+    max_duplicate_rate: float = Field(0.01, ge=0.0, le=1.0, description="identical images inside one split")
     pixel_mean_range: Range = (0.05, 0.95)
     pixel_std_range: Range = (0.02, 0.5)
-    max_constant_fraction: float = Field(0.01, ge=0.0, le=1.0)
-    severity: dict[str, Literal["error", "warning"]] = Field(default_factory=dict)
+    max_constant_fraction: float = Field(0.01, ge=0.0, le=1.0, description="images with all pixels equal")
+    severity: dict[str, Literal["error", "warning"]] = Field(
+        default_factory=dict, description="check name or prefix -> error (fails the stage, default) | warning"
+    )
+
+    @model_validator(mode="after")
+    def _sizes(self) -> ValidateParams:
+        if not self.expected_sizes or any(v < 0 for v in self.expected_sizes.values()):
+            raise ValueError("expected_sizes must name at least one split, with sizes >= 0")
+        return self
 
 
 class ModelParams(_Section):
@@ -147,13 +160,94 @@ class EvalParams(_Section):
 
 
 class RegisterParams(_Section):
-    """`register`: the quality gate and the artifact's identity."""
+    """`register`: the quality gate and the artifact's identity (pipeline/registry.py).
 
-    artifact: str = "ijepa-encoder"
-    min_linear_top1: float = 0.0
-    min_margin_over_random: float = 0.0
+    The gate compares `metric` (a key of reports/eval_linear.json, a fraction in [0, 1]) with
+    `min_linear_top1`, and its margin over each baseline (`baseline.random.<metric>`,
+    `baseline.raw.<metric>`) with the minimum margins; a `None` threshold is not checked.
+    """
+
+    artifact: str = Field("ijepa-encoder", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+    metric: str = "linear.test_top1"
+    min_linear_top1: float = Field(0.0, ge=0.0, le=1.0)
+    min_margin_over_random: float | None = 0.0
     min_margin_over_raw: float | None = None
     require_validation: bool = True
+    enforce_gate: bool = Field(True, description="false: a failed gate is recorded (not promotable to prod)")
+    source_hash_max_bytes: int = Field(2_000_000_000, ge=0, description="hash the source dataset up to this size")
+
+
+class StageRunParams(_Section):
+    """Per-stage overrides of the flow's retries and timeout."""
+
+    retries: int | None = Field(None, ge=0)
+    timeout_s: float | None = Field(None, gt=0)
+
+
+class FlowParams(_Section):
+    """`flow`: the Prefect flow over the DVC stages and its deployments (flows/, docs/ORCHESTRATION.md)."""
+
+    api_url: str | None = Field(None, description="Prefect API for serve/run; None: PREFECT_API_URL or ephemeral")
+    cron: str = Field("0 2 * * *", description="nightly-retrain schedule (cron, in `timezone`)")
+    timezone: str = "UTC"
+    target: str | None = Field(None, description="run stages up to this one; None = all")
+    retries: int = Field(0, ge=0, description="task retries per stage (DVC failures are mostly deterministic)")
+    retry_delay_s: float = Field(30.0, ge=0.0)
+    timeout_s: float = Field(86400.0, gt=0, description="per stage; the stage's process is killed after it")
+    stages: dict[str, StageRunParams] = Field(default_factory=dict, description="per-stage retries/timeout_s")
+    lock_timeout_s: float = Field(600.0, ge=0.0, description="wait this long for another flow/sweep's lock")
+    log_tail_lines: int = Field(20, ge=1, description="stage output lines quoted in a failure message")
+
+
+class SpaceParam(_Section):
+    """One search dimension of `sweep.space`: float/int (low, high, log, step) or categorical (choices)."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SpaceParam:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty `choices` list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"{self.type} needs `low` <= `high`")
+        elif self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log scale needs low > 0 and no step")
+        return self
+
+
+class PruningParams(_Section):
+    """`sweep.pruning`: MedianPruner fed from a dvclive-style TSV while a trial runs."""
+
+    enabled: bool = True
+    file: str = Field("reports/dvclive/plots/metrics/loss.tsv", description="TSV (step, metric) the run appends to")
+    metric: str = "loss"
+    direction: Literal["minimize", "maximize"] = "minimize"
+    n_startup_trials: int = Field(2, ge=0, description="finished trials before any pruning")
+    n_warmup_steps: int = Field(0, ge=0, description="steps of a trial before it may be pruned")
+    poll_s: float = Field(5.0, gt=0)
+
+
+class SweepParams(_Section):
+    """`sweep`: Optuna study whose trials are `dvc exp run --temp -S ...` experiments (flows/sweep.py)."""
+
+    study: str = Field("ijepa", pattern=r"^[A-Za-z0-9_.-]+$")
+    storage: str | None = Field(None, description="Optuna RDB URL; None: sqlite:///.optuna/study.db")
+    n_trials: int = Field(10, ge=1)
+    seed: int = 0
+    target: str | None = Field("eval_linear", description="stage each trial runs up to (None: all)")
+    objective_file: str = "reports/eval_linear.json"
+    objective: str = Field("linear.val_top1", description="validation metric: never select on test")
+    direction: Literal["minimize", "maximize"] = "maximize"
+    report: list[str] = Field(default_factory=lambda: ["linear.test_top1"], description="recorded as user attrs")
+    trial_timeout_s: float = Field(86400.0, gt=0)
+    pruning: PruningParams = Field(default_factory=PruningParams)
+    space: dict[str, SpaceParam] = Field(default_factory=dict)
 
 
 SECTIONS: dict[str, type[_Section]] = {
@@ -164,6 +258,8 @@ SECTIONS: dict[str, type[_Section]] = {
     "train": TrainParams,
     "eval": EvalParams,
     "register": RegisterParams,
+    "flow": FlowParams,
+    "sweep": SweepParams,
 }
 
 S = TypeVar("S", bound=_Section)

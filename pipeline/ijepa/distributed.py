@@ -1,0 +1,57 @@
+"""Process topology of pretraining: torchrun/DDP process group, rank info and device choice.
+
+Under `torchrun --nproc_per_node=N -m stages.pretrain` every process joins one group (nccl when it
+trains on CUDA, gloo on CPU); a plain `python -m stages.pretrain` is world size 1 with no group.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's rank, the world size and the local rank (GPU index on its node)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch_dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def init_distributed(device_name: str) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl with CUDA, else gloo)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not torch_dist.is_initialized():
+        cuda = device_name != "cpu" and torch.cuda.is_available()
+        if cuda:  # one GPU per process, before NCCL picks one
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch_dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def resolve_device(name: str, dist: Dist) -> torch.device:
+    """`auto` → CUDA (this process's local rank) when available, else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", dist.local_rank)
+    return device

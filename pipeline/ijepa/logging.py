@@ -1,0 +1,108 @@
+"""Training telemetry: dvclive metric files, the progress bar and interval throughput counters.
+
+`RunLogger` writes one dvclive row per logged step to `reports/dvclive/plots/metrics/*.tsv`
+(`Live(dvcyaml=None, save_dvc_exp=False)`: it never rewrites dvc.yaml; the plots are declared there
+statically). It keeps the logged rows as plain dicts so that the training checkpoint can store them:
+a resumed run replays them first, giving the same curves as an uninterrupted run even when DVC
+removed the old files before re-running the stage. Only rank 0 logs; other ranks get a silent one.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+
+class Meter:
+    """Accumulates loss, images and data-wait time between two log points."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.t0 = time.perf_counter()
+        self.loss_sum: torch.Tensor | float = 0.0
+        self.steps = 0
+        self.images = 0
+        self.wait_s = 0.0
+
+    def update(self, loss: torch.Tensor, images: int, wait_s: float) -> None:
+        self.loss_sum = self.loss_sum + loss.detach().float()
+        self.steps += 1
+        self.images += images
+        self.wait_s += wait_s
+
+    def summary(self) -> dict[str, float]:
+        """Mean loss, images/s and data-wait fraction of the interval (syncs the device once)."""
+        elapsed = max(time.perf_counter() - self.t0, 1e-9)
+        loss = float(self.loss_sum) / max(self.steps, 1)
+        return {"loss": loss, "images_per_s": self.images / elapsed, "data_wait_fraction": self.wait_s / elapsed}
+
+
+class RunLogger:
+    """dvclive + tqdm on rank 0; every method is a no-op when `enabled` is False."""
+
+    def __init__(
+        self,
+        live_dir: Path,
+        total_steps: int,
+        start_step: int,
+        history: list[dict[str, Any]] | None = None,
+        enabled: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.history: list[dict[str, Any]] = list(history or [])
+        self.live = None
+        self.bar = None
+        if not enabled:
+            return
+        from dvclive import Live  # imported lazily: non-zero ranks never touch dvclive
+
+        self.live = Live(dir=str(live_dir), dvcyaml=None, save_dvc_exp=False, resume=False)
+        for row in self.history:  # replay what earlier attempts of this run logged
+            self._write(row)
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step",
+                        dynamic_ncols=True, mininterval=0.5 if tty else 30.0, file=sys.stderr)
+
+    def _write(self, row: dict[str, Any]) -> None:
+        assert self.live is not None
+        self.live.step = int(row["step"])
+        for name, value in row.items():
+            if name != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.live.log_metric(name, float(value))
+        self.live.next_step()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Record the metrics of update count `step` (history + dvclive + progress postfix)."""
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        self.history.append(row)
+        self._write(row)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}",
+                                 img_s=f"{row.get('images_per_s', 0.0):.0f}", refresh=False)
+
+    def advance(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def message(self, text: str) -> None:
+        """A line on stderr that does not break the progress bar."""
+        if self.enabled:
+            tqdm.write(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.live is not None:
+            self.live.end()
+            self.live = None

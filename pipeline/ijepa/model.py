@@ -1,0 +1,284 @@
+"""I-JEPA networks (DESIGN.md §4): the ViT encoder, the narrow predictor and the `IJEPA` wrapper that
+computes the loss, the EMA update of the target encoder and the optimiser parameter groups.
+
+Built from timm parts (PatchEmbed, vision_transformer.Block with fused scaled_dot_product_attention),
+so the encoder's state dict loads with `strict=True` into
+`timm.models.VisionTransformer(**encoder.timm_kwargs())`. Position embeddings are fixed 2-D sin-cos.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import ctypes.util
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm, PatchEmbed, trunc_normal_
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from pipeline.config import ModelParams
+from pipeline.ijepa.masks import Masks
+
+INIT_STD = 0.02
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed activation memory inside the process (glibc `mallopt`), so the multi-MB activations
+    of every step reuse warm pages instead of being unmapped and page-faulted back in (about 20 % faster
+    CPU training steps here; same math). Process-wide; call once at the start of CPU training.
+    Returns False (and changes nothing) where glibc is not available."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
+def sincos_pos_embed(embed_dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Fixed 2-D sin-cos embeddings [1, H*W, D], row-major; first half encodes the column, second the
+    row (the MAE / I-JEPA layout)."""
+    if embed_dim % 4:
+        raise ValueError(f"sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}")
+    h, w = grid
+    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim // 4))
+
+    def one_d(pos: torch.Tensor) -> torch.Tensor:
+        out = pos.flatten()[:, None] * omega[None, :]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                                indexing="ij")
+    return torch.cat([one_d(cols), one_d(rows)], dim=1).float().unsqueeze(0)
+
+
+def init_weights(module: nn.Module) -> None:
+    """I-JEPA init: trunc-normal(0.02) linear/conv weights, zero biases, unit LayerNorms."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            trunc_normal_(m.weight, std=INIT_STD)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def rescale_blocks(blocks: nn.Sequential) -> None:
+    """Divide each block's residual-output weights by sqrt(2 * layer_id) (original I-JEPA / timm fix_init)."""
+    with torch.no_grad():
+        for layer_id, blk in enumerate(blocks, start=1):
+            blk.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
+            blk.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
+
+
+def _blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.Sequential:
+    return nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
+                           for _ in range(depth)])
+
+
+def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B, N, D], idx [B, ...] -> [B, ..., D] (tokens picked per image)."""
+    b, d = x.shape[0], x.shape[-1]
+    flat = idx.reshape(b, -1)
+    out = torch.gather(x, 1, flat.unsqueeze(-1).expand(-1, -1, d))
+    return out.reshape(*idx.shape, d)
+
+
+class VisionTransformerEncoder(nn.Module):
+    """ViT without class token; state dict == timm VisionTransformer(class_token=False, global_pool='avg',
+    fc_norm=False, num_classes=0). `forward(x, keep)` encodes only the kept patches (pos added first)."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, depth: int,
+                 num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self._kwargs = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                            depth=depth, num_heads=num_heads, mlp_ratio=float(mlp_ratio))
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                                      embed_dim=embed_dim)
+        self.grid = tuple(self.patch_embed.grid_size)
+        self.num_patches = self.patch_embed.num_patches
+        self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, self.grid), requires_grad=False)
+        self.blocks = _blocks(embed_dim, depth, num_heads, mlp_ratio)
+        self.norm = LayerNorm(embed_dim)
+        init_weights(self)
+        rescale_blocks(self.blocks)
+
+    def timm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the timm VisionTransformer that this state dict loads into."""
+        return {**self._kwargs, "qkv_bias": True, "class_token": False, "global_pool": "avg",
+                "fc_norm": False, "num_classes": 0}
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.patch_embed(x) + self.pos_embed
+        if keep is not None:
+            x = gather_tokens(x, keep)
+        return self.norm(self.blocks(x))
+
+
+class Predictor(nn.Module):
+    """Narrow ViT predicting target-patch representations from context tokens.
+
+    All T targets of an image run in one batched pass: B*T sequences of [context ; Nt mask tokens].
+    The last block computes attention queries, projection and MLP only for the target tokens (the
+    context outputs of the last block are never used), which is the same math with less work.
+    """
+
+    def __init__(self, num_patches: int, embed_dim: int, pred_embed_dim: int, depth: int, num_heads: int,
+                 mlp_ratio: float = 4.0, grid: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        side = int(round(math.sqrt(num_patches)))
+        grid = grid or (side, side)
+        if grid[0] * grid[1] != num_patches:
+            raise ValueError(f"grid {grid} does not hold {num_patches} patches")
+        self.predictor_embed = nn.Linear(embed_dim, pred_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_embed_dim))
+        self.predictor_pos_embed = nn.Parameter(sincos_pos_embed(pred_embed_dim, grid), requires_grad=False)
+        self.predictor_blocks = _blocks(pred_embed_dim, depth, num_heads, mlp_ratio)
+        self.predictor_norm = LayerNorm(pred_embed_dim)
+        self.predictor_proj = nn.Linear(pred_embed_dim, embed_dim)
+        init_weights(self)
+        trunc_normal_(self.mask_token, std=INIT_STD)
+        rescale_blocks(self.predictor_blocks)
+
+    def forward(self, ctx_tokens: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
+        b, nc, _ = ctx_tokens.shape
+        _, t, nt = tgt_idx.shape
+        pos = self.predictor_pos_embed.expand(b, -1, -1)
+        x = self.predictor_embed(ctx_tokens) + gather_tokens(pos, ctx_idx)  # [B, Nc, Dp]
+        dp = x.shape[-1]
+        x = x.unsqueeze(1).expand(b, t, nc, dp).reshape(b * t, nc, dp)
+        q = (self.mask_token + gather_tokens(pos, tgt_idx)).reshape(b * t, nt, dp)
+        x = torch.cat([x, q], dim=1)
+        for blk in self.predictor_blocks[:-1]:
+            x = blk(x)
+        x = _last_block_tail(self.predictor_blocks[-1], x, nc)
+        x = self.predictor_proj(self.predictor_norm(x))
+        return x.reshape(b, t, nt, -1)
+
+
+def _last_block_tail(blk: Block, x: torch.Tensor, start: int) -> torch.Tensor:
+    """Output of timm `blk(x)[:, start:]` computing queries, projection and MLP only for those tokens."""
+    attn = blk.attn
+    plain = all(isinstance(m, nn.Identity) for m in (attn.q_norm, attn.k_norm, attn.norm, blk.ls1))
+    if not plain or getattr(attn, "gate", None) is not None:
+        return blk(x)[:, start:]  # a block variant this shortcut does not cover
+    b, n, _ = x.shape
+    heads, hd = attn.num_heads, attn.head_dim
+    a = heads * hd
+    h = blk.norm1(x)
+    w, bias = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(h[:, start:], w[:a], None if bias is None else bias[:a])
+    kv = F.linear(h, w[a:], None if bias is None else bias[a:])
+    q = q.reshape(b, n - start, heads, hd).transpose(1, 2)
+    k, v = kv.reshape(b, n, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
+    if attn.fused_attn:
+        o = F.scaled_dot_product_attention(q, k, v)
+    else:
+        o = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+    o = attn.proj(o.transpose(1, 2).reshape(b, n - start, a))
+    y = x[:, start:] + blk.drop_path1(o)
+    return y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
+
+
+def jepa_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1") -> torch.Tensor:
+    """Mean smooth-L1 (original code) or mean squared error (paper) over all target patches and blocks."""
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(pred, target)
+    if kind == "l2":
+        return F.mse_loss(pred, target)
+    raise ValueError(f"unknown loss {kind!r}: expected 'smooth_l1' or 'l2'")
+
+
+def effective_rank(feats: torch.Tensor) -> float:
+    """exp(entropy) of the normalised singular values of centred features [M, D] (Roy & Vetterli)."""
+    s = torch.linalg.svdvals((feats - feats.mean(0)).double())
+    p = s / s.sum().clamp_min(1e-12)
+    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+
+
+class IJEPA(nn.Module):
+    """Context encoder + EMA target encoder + predictor; `forward` returns (loss, stats)."""
+
+    def __init__(self, model_params: ModelParams) -> None:
+        super().__init__()
+        p = model_params
+        self.params = p
+        self.context_encoder = VisionTransformerEncoder(p.img_size, p.patch_size, p.in_chans, p.embed_dim,
+                                                        p.depth, p.num_heads, p.mlp_ratio)
+        self.target_encoder = copy.deepcopy(self.context_encoder)
+        self.target_encoder.requires_grad_(False)
+        self.predictor = Predictor(self.context_encoder.num_patches, p.embed_dim, p.pred_embed_dim,
+                                   p.pred_depth, p.pred_num_heads, p.mlp_ratio, grid=self.context_encoder.grid)
+        self._ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    @torch.no_grad()
+    def target_representations(self, images: torch.Tensor, masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target encoder on the whole image -> (its output [B, N, D], layer-normed target patches
+        [B, T, Nt, D])."""
+        h = self.target_encoder(images)
+        return h, gather_tokens(F.layer_norm(h, (h.shape[-1],)), masks.targets)
+
+    def predict(self, images: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """Context encoder on the context patches, then the predictor -> [B, T, Nt, D]."""
+        z = self.context_encoder(images, keep=masks.context)
+        return self.predictor(z, masks.context, masks.targets)
+
+    def forward(self, images: torch.Tensor, masks: Masks, loss: str = "smooth_l1",
+                stats: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss averaged over all target patches and blocks. `stats=False` skips the monitors."""
+        h, target = self.target_representations(images, masks)
+        pred = self.predict(images, masks)
+        value = jepa_loss(pred, target, loss)
+        out: dict[str, float] = {}
+        if stats:
+            with torch.no_grad():
+                pooled = h.mean(1)  # per-image representation the probes use
+                out = {
+                    "loss": float(value.detach()),
+                    "target_std": float(pooled.std(0).mean()) if pooled.shape[0] > 1 else 0.0,
+                    "pred_std": float(pred.detach().std(0).mean()) if pred.shape[0] > 1 else 0.0,
+                    "target_eff_rank": effective_rank(pooled.float()),
+                    "context_len": float(masks.context.shape[1]),
+                    "target_len": float(masks.targets.shape[2]),
+                }
+        return value, out
+
+    @torch.no_grad()
+    def ema_update(self, momentum: float) -> None:
+        """target <- m * target + (1 - m) * context, for every trainable parameter (fused foreach ops)."""
+        if self._ema_pairs is None:
+            ctx = dict(self.context_encoder.named_parameters())
+            names = [n for n, p in ctx.items() if p.requires_grad]
+            tgt = dict(self.target_encoder.named_parameters())
+            self._ema_pairs = ([tgt[n] for n in names], [ctx[n] for n in names])
+        tgt_list, ctx_list = self._ema_pairs
+        torch._foreach_mul_(tgt_list, momentum)
+        torch._foreach_add_(tgt_list, ctx_list, alpha=1.0 - momentum)
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> IJEPA:  # .to()/.cuda() replace tensors
+        self._ema_pairs = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups over context encoder + predictor: weight decay on matrices only (not on biases,
+        norms, 1-D params, the mask token or positions). `wd_exclude` marks the group a weight-decay
+        schedule must leave at 0."""
+        decay, no_decay = [], []
+        for module in (self.context_encoder, self.predictor):
+            for name, p in module.named_parameters():
+                if not p.requires_grad:
+                    continue
+                if p.ndim < 2 or name.endswith(".bias") or "norm" in name or "mask_token" in name \
+                        or "pos_embed" in name:
+                    no_decay.append(p)
+                else:
+                    decay.append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay, "wd_exclude": False, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "wd_exclude": True, "name": "no_decay"},
+        ]

@@ -1,0 +1,369 @@
+"""I-JEPA pretraining: build the parts, one update (`train_step`), the step loop over a seeded data
+stream, checkpoint/resume, snapshots and the final export. Works in one process or under
+`torchrun` (DDP: gloo on CPU, nccl on GPU; only rank 0 writes files).
+
+Determinism (what exact resume rests on): model init is seeded by `train.seed`; the masks of update
+`s` come from `collator.sample(B, s)`; its crops from a generator seeded by (seed, s, rank); the
+data is a stream of loader epochs `train_loader(seed, epoch=e)` and a checkpoint records the stream
+position (data epoch, batches consumed in it), so a resumed run re-creates that loader and skips
+the consumed batches. On CPU a killed and resumed run therefore ends bit-identical to an
+uninterrupted one. `epoch` in logs/reports is the logical epoch `step // steps_per_epoch`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import tarfile
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import MaskParams, ModelParams, TrainParams
+from pipeline.data.loader import list_shards, train_loader
+from pipeline.ijepa import checkpoint as ckpt
+from pipeline.ijepa.augment import BatchTransform
+from pipeline.ijepa.distributed import Dist, init_distributed, resolve_device
+from pipeline.ijepa.export import encoder_meta, save_encoder
+from pipeline.ijepa.logging import Meter, RunLogger
+from pipeline.ijepa.masks import MultiBlockMaskCollator
+from pipeline.ijepa.model import IJEPA, tune_cpu_allocator
+from pipeline.ijepa.schedules import Schedules, ScheduleValues
+
+# train keys that do not change what is computed: excluded from the resume fingerprint
+VOLATILE_TRAIN_KEYS = {"log_every", "checkpoint_every", "resume", "compile", "device"}
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where the stage reads and writes (DESIGN.md §3 contracts), relative to `root`."""
+
+    shards: Path
+    validation: Path
+    encoder: Path
+    snapshots: Path
+    checkpoints: Path
+    report: Path
+    live: Path
+
+    @classmethod
+    def under(cls, root: Path | str = ".") -> RunPaths:
+        r = Path(root)
+        return cls(r / "data/shards/train", r / "reports/validation.json", r / "models/encoder.safetensors",
+                   r / "models/snapshots", r / "models/checkpoints", r / "reports/pretrain.json", r / "reports/dvclive")
+
+    @property
+    def snapshot_staging(self) -> Path:
+        """Snapshots are written here first (persisted with the checkpoints, survive a DVC re-run)."""
+        return self.checkpoints / "snapshots"
+
+
+@dataclass
+class Progress:
+    """Run position and counters beyond model/optimizer state; stored in every checkpoint."""
+
+    step: int = 0
+    data_epoch: int = 0
+    data_batch: int = 0
+    wall_s: float = 0.0
+    images: int = 0
+    data_wait_s: float = 0.0
+    last_loss: float = float("nan")
+    resumed_from: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Trainer:
+    """Everything one update needs, built once by `build`."""
+
+    model: IJEPA
+    forward: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    collator: MultiBlockMaskCollator
+    transform: BatchTransform
+    schedules: Schedules
+    params: TrainParams
+    device: torch.device
+    dist: Dist
+    steps_per_epoch: int
+
+
+def read_normalization(path: Path) -> dict[str, list[float]]:
+    """`normalization` of reports/validation.json; a clear error when the file or key is missing."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the `validate` stage first (`dvc repro validate`)")
+    norm = json.loads(path.read_text()).get("normalization")
+    if not isinstance(norm, dict) or not norm.get("mean") or not norm.get("std"):
+        raise KeyError(f"{path} has no usable `normalization` {{'mean': [...], 'std': [...]}} (got {norm!r})")
+    return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
+
+
+def count_samples(shard_dir: Path) -> int:
+    """Number of samples (`.cls` members) in the tar shards of one split."""
+    total = 0
+    for url in list_shards(shard_dir):
+        with tarfile.open(url) as tar:
+            total += sum(1 for m in tar if m.name.endswith(".cls"))
+    return total
+
+
+def run_identity(model_p: ModelParams, mask_p: MaskParams, train_p: TrainParams, norm: dict, shards: Path,
+                 world: int) -> dict[str, Any]:
+    """What defines a run: checkpoints of another identity cannot be resumed."""
+    train = {k: v for k, v in train_p.model_dump(mode="json").items() if k not in VOLATILE_TRAIN_KEYS}
+    files = [[Path(u).name, Path(u).stat().st_size] for u in list_shards(shards)]
+    return {"model": model_p.model_dump(mode="json"), "mask": mask_p.model_dump(mode="json"), "train": train,
+            "data": {"shards": files, "normalization": norm}, "world_size": world}
+
+
+def build(model_p: ModelParams, mask_p: MaskParams, train_p: TrainParams, norm: dict, n_train: int,
+          device: torch.device, dist: Dist) -> Trainer:
+    """Seeded model, AdamW (no wd on biases/norms), mask collator, batch transform and schedules."""
+    steps_per_epoch = n_train // (train_p.batch_size * dist.world)
+    if steps_per_epoch < 1:
+        raise ValueError(f"{n_train} training images cannot fill one batch of {train_p.batch_size} "
+                         f"per process ({dist.world} processes): lower train.batch_size")
+    torch.manual_seed(train_p.seed)
+    model = IJEPA(model_p).to(device)
+    optimizer = torch.optim.AdamW(model.param_groups(train_p.weight_decay[0]), lr=train_p.start_lr)
+    forward: torch.nn.Module = model
+    if dist.world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if train_p.compile:
+        forward = torch.compile(forward)  # type: ignore[assignment]
+    rank_seed = train_p.seed + 1_000_003 * dist.rank
+    collator = MultiBlockMaskCollator(model_p.grid, mask_p, seed=rank_seed)
+    transform = BatchTransform(model_p.img_size, norm["mean"], norm["std"], train_p.augment_scale,
+                               seed=train_p.seed, rank=dist.rank)
+    schedules = Schedules.from_params(train_p, steps_per_epoch, steps_per_epoch * train_p.epochs)
+    return Trainer(model, forward, optimizer, collator, transform, schedules, train_p, device, dist,
+                   steps_per_epoch)
+
+
+def apply_schedule(tr: Trainer, step: int) -> ScheduleValues:
+    values = tr.schedules.at(step)
+    for group in tr.optimizer.param_groups:
+        group["lr"] = values.lr
+        if not group.get("wd_exclude", False):
+            group["weight_decay"] = values.wd
+    return values
+
+
+def train_step(tr: Trainer, images: torch.Tensor, step: int, with_stats: bool = False
+               ) -> tuple[torch.Tensor, dict[str, float], ScheduleValues]:
+    """One optimiser update `step` (0-based): schedule, augment, mask, forward/backward, clip, EMA."""
+    values = apply_schedule(tr, step)
+    x = tr.transform(images.to(tr.device, non_blocking=True), step)
+    masks = tr.collator.sample(x.shape[0], step).to(tr.device, non_blocking=True)
+    cuda = tr.device.type == "cuda"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    with amp:
+        loss, stats = tr.forward(x, masks, loss=tr.params.loss, stats=with_stats)
+    tr.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if tr.params.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for g in tr.optimizer.param_groups for p in g["params"]],
+                                       tr.params.grad_clip)
+    tr.optimizer.step()
+    tr.model.ema_update(values.momentum)
+    return loss.detach(), stats, values
+
+
+def data_stream(tr: Trainer, shards: Path, progress: Progress) -> Iterator[tuple[torch.Tensor, float]]:
+    """(images, seconds waited) from loader epochs `progress.data_epoch, +1, …`, starting after the
+    `progress.data_batch` batches already consumed; advances `data_epoch` when a loader runs dry."""
+    p, world = tr.params, tr.dist.world
+    while True:
+        loader = train_loader(shards, p.batch_size, seed=p.seed, epoch=progress.data_epoch,
+                              num_workers=p.num_workers, resampled=world > 1,
+                              epoch_batches=tr.steps_per_epoch if world > 1 else None)
+        it = iter(loader)
+        for i in range(progress.data_batch):
+            if next(it, None) is None:
+                raise RuntimeError(f"data epoch {progress.data_epoch} ended after {i} batches while resuming "
+                                   f"at batch {progress.data_batch}: the shards changed?")
+        produced = progress.data_batch
+        while True:
+            t0 = time.perf_counter()
+            batch = next(it, None)
+            if batch is None:
+                break
+            produced += 1
+            yield batch[0], time.perf_counter() - t0
+        if produced == 0:
+            raise RuntimeError(f"rank {tr.dist.rank} got no batch from {shards} (fewer shards than "
+                               f"processes × workers, or fewer images than one batch)")
+        progress.data_epoch, progress.data_batch = progress.data_epoch + 1, 0
+
+
+def snapshot_steps(total: int, count: int) -> set[int]:
+    """`count` evenly spaced intermediate steps in (0, total)."""
+    return {s for k in range(1, count + 1) if 0 < (s := round(total * k / (count + 1))) < total}
+
+
+def checkpoint_state(tr: Trainer, progress: Progress, identity: dict[str, Any]) -> dict[str, Any]:
+    values = tr.schedules.at(min(progress.step, tr.schedules.total_steps - 1))
+    return {"fingerprint": ckpt.fingerprint(identity), "identity": identity, "step": progress.step,
+            "total_steps": tr.schedules.total_steps, "steps_per_epoch": tr.steps_per_epoch,
+            "epoch": progress.step // tr.steps_per_epoch, "schedule": asdict(values),
+            "model": tr.model.state_dict(), "optimizer": tr.optimizer.state_dict(),
+            "progress": asdict(progress), "rng": ckpt.rng_state()}
+
+
+def restore(tr: Trainer, path: Path, state: dict[str, Any]) -> Progress:
+    """Load a compatible checkpoint into the trainer; returns its progress."""
+    try:
+        tr.model.load_state_dict(state["model"])
+        tr.optimizer.load_state_dict(state["optimizer"])
+        progress = Progress(**state["progress"])
+        ckpt.set_rng_state(state["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise ckpt.CheckpointError(f"{path}: checkpoint does not fit this model/optimizer: {exc}") from exc
+    progress.resumed_from = progress.step
+    return progress
+
+
+def resume_or_start(tr: Trainer, paths: RunPaths, identity: dict[str, Any]) -> Progress:
+    """Resume from the newest checkpoint when it belongs to this run; see docs in stages/pretrain.py."""
+    directory, found = paths.checkpoints, ckpt.list_checkpoints(paths.checkpoints)
+    fresh = not tr.params.resume or not found
+    if not fresh:
+        state = ckpt.load_checkpoint(found[-1])
+        problem = ckpt.incompatibility(found[-1], state, identity)
+        if problem is None:
+            return restore(tr, found[-1], state)
+        if int(state["step"]) < int(state["total_steps"]):
+            raise ckpt.CheckpointError(
+                f"{problem}\nRefusing to resume an unfinished run under different params. Restore the params, "
+                f"or delete {directory}/ or set train.resume=false (`dvc exp run -S train.resume=false`).")
+        if tr.dist.is_main:
+            print(f"pretrain: the run in {directory} finished under other params; starting a new run")
+    tr.dist.barrier()
+    if tr.dist.is_main:
+        ckpt.clear_directory(directory)
+    tr.dist.barrier()
+    return Progress()
+
+
+def save_snapshot(tr: Trainer, paths: RunPaths, progress: Progress, meta: dict[str, Any], wall_s: float) -> None:
+    name = f"encoder-step{progress.step:07d}.safetensors"
+    epoch = progress.step // tr.steps_per_epoch
+    save_encoder(tr.model.target_encoder, paths.snapshot_staging / name, {**meta, "step": progress.step,
+                                                                            "epoch": epoch})
+    progress.snapshots = [s for s in progress.snapshots if s["step"] != progress.step]
+    progress.snapshots.append({"file": name, "step": progress.step, "epoch": epoch, "wall_s": round(wall_s, 3)})
+
+
+def run_steps(tr: Trainer, paths: RunPaths, progress: Progress, identity: dict[str, Any], meta: dict[str, Any],
+              log: RunLogger, stop_after: int | None = None) -> bool:
+    """The loop: updates until the run's last step; checkpoints, snapshots and logs on the way.
+    `stop_after` ends the attempt early after that many total steps, as a kill would (tests).
+    Returns True when the run is complete."""
+    p, total, main = tr.params, tr.schedules.total_steps, tr.dist.is_main
+    snaps, meter, t_start, wall0 = snapshot_steps(total, p.snapshots), Meter(), time.perf_counter(), progress.wall_s
+    tr.model.train()
+    stream = data_stream(tr, paths.shards, progress)
+    while progress.step < total:
+        if stop_after is not None and progress.step >= stop_after:
+            return False
+        images, wait = next(stream)
+        step = progress.step
+        log_now = (step + 1) % p.log_every == 0 or step + 1 == total
+        loss, stats, values = train_step(tr, images, step, with_stats=log_now and main)
+        progress.step, progress.data_batch = step + 1, progress.data_batch + 1
+        progress.images += images.shape[0] * tr.dist.world
+        progress.data_wait_s += wait
+        meter.update(loss, images.shape[0] * tr.dist.world, wait)
+        progress.wall_s = wall0 + time.perf_counter() - t_start
+        if log_now:
+            row = meter.summary()
+            progress.last_loss = row["loss"]
+            if main:
+                row.update(lr=values.lr, wd=values.wd, momentum=values.momentum,
+                           epoch=progress.step / tr.steps_per_epoch, target_std=stats.get("target_std", 0.0),
+                           effective_rank=stats.get("target_eff_rank", 0.0),
+                           context_len=stats.get("context_len", 0.0))
+                log.log(progress.step, row)
+            meter.reset()
+        log.advance()
+        if main and progress.step in snaps:
+            save_snapshot(tr, paths, progress, meta, progress.wall_s)
+        if main and (progress.step % p.checkpoint_every == 0 or progress.step == total):
+            progress.history = list(log.history)
+            ckpt.save_checkpoint(paths.checkpoints, checkpoint_state(tr, progress, identity))
+    return True
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def export(tr: Trainer, paths: RunPaths, progress: Progress, meta: dict[str, Any]) -> dict[str, Any]:
+    """Final target encoder, the snapshot folder + index and reports/pretrain.json (rank 0)."""
+    epoch = progress.step // tr.steps_per_epoch
+    save_encoder(tr.model.target_encoder, paths.encoder, {**meta, "step": progress.step, "epoch": epoch})
+    if paths.snapshots.exists():
+        shutil.rmtree(paths.snapshots)
+    paths.snapshots.mkdir(parents=True)
+    entries = sorted(progress.snapshots, key=lambda s: s["step"])
+    for entry in entries:
+        for suffix in (".safetensors", ".json"):
+            src = (paths.snapshot_staging / entry["file"]).with_suffix(suffix)
+            if src.exists():
+                shutil.copy2(src, paths.snapshots / src.name)
+    write_json_atomic(paths.snapshots / "index.json", entries)
+    train_s = max(progress.wall_s, 1e-9)
+    report = {"final_loss": progress.last_loss, "steps": progress.step, "epochs": epoch,
+              "steps_per_epoch": tr.steps_per_epoch, "images_per_s": round(progress.images / train_s, 2),
+              "wall_s": round(progress.wall_s, 2), "peak_memory_mb": round(peak_memory_mb(tr.device), 1),
+              "device": str(tr.device), "world_size": tr.dist.world, "resumed_from_step": progress.resumed_from,
+              "data_wait_fraction": round(progress.data_wait_s / train_s, 4)}
+    write_json_atomic(paths.report, report)
+    return report
+
+
+def pretrain(model_p: ModelParams, mask_p: MaskParams, train_p: TrainParams, paths: RunPaths | None = None,
+             stop_after: int | None = None, tune_allocator: bool = False) -> dict[str, Any] | None:
+    """The whole stage: returns the report, or None when `stop_after` ended the attempt early.
+    `tune_allocator`: on CPU, apply `model.tune_cpu_allocator` (process-wide; for a process that
+    does one long run, like the stage; many short runs in one process got slower with it)."""
+    paths = paths or RunPaths.under()
+    dist = init_distributed(train_p.device)
+    device = resolve_device(train_p.device, dist)
+    if tune_allocator and device.type == "cpu":
+        tune_cpu_allocator()
+    norm = read_normalization(paths.validation)
+    tr = build(model_p, mask_p, train_p, norm, count_samples(paths.shards), device, dist)
+    identity = run_identity(model_p, mask_p, train_p, norm, paths.shards, dist.world)
+    progress = resume_or_start(tr, paths, identity)
+    log = RunLogger(paths.live, tr.schedules.total_steps, progress.step, progress.history, enabled=dist.is_main)
+    if progress.step:
+        log.message(f"pretrain: resuming at step {progress.step}/{tr.schedules.total_steps} from {paths.checkpoints}")
+    meta = encoder_meta(model_p, norm)
+    try:
+        done = run_steps(tr, paths, progress, identity, meta, log, stop_after)
+    finally:
+        log.close()
+    report = export(tr, paths, progress, meta) if done and dist.is_main else None
+    dist.barrier()
+    dist.close()
+    return report if done else None

@@ -1,0 +1,231 @@
+"""Stage `register`: the quality gate, the registry entry and the model card.
+
+`register_model` reads the encoder, every report and the `register` params, checks the gate and, when
+it passes, writes `registry/entry.json` (everything needed to audit and reload the model: encoder
+hashes, architecture, params, metrics, data and source identity, git commit, date) and
+`registry/model_card.md`, each atomically. A failed gate raises `GateFailed` naming every unmet
+threshold (observed vs required) and leaves no entry or card behind (stale ones are removed first).
+Versions and stages of the registered encoder live in pipeline/registry_gto.py (gto tags).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import RegisterParams
+from pipeline.registry_card import model_card
+from pipeline.registry_store import (
+    View,
+    hash_path,
+    head_commit,
+    is_dirty,
+    load_yaml,
+    lock_outs,
+    source_identity,
+    write_atomic,
+)
+
+ENTRY_FORMAT = "ijepa-registry-entry/1"
+ENTRY = Path("registry/entry.json")
+CARD = Path("registry/model_card.md")
+ENCODER = Path("models/encoder.safetensors")
+ENCODER_META = Path("models/encoder.json")
+REPORTS = {
+    "shard": Path("reports/shard.json"),
+    "validation": Path("reports/validation.json"),
+    "pretrain": Path("reports/pretrain.json"),
+    "eval_linear": Path("reports/eval_linear.json"),
+    "eval_lowshot": Path("reports/eval_lowshot.json"),
+}
+PARAM_SECTIONS = ("data", "model", "mask", "train", "eval")
+SHARDS, MANIFEST = "data/shards", "data/manifest.csv"
+
+
+class RegistryInputError(RuntimeError):
+    """An input of the register stage (encoder, report) is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class GateCheck:
+    """One threshold of the quality gate."""
+
+    name: str
+    observed: float | bool | None
+    required: float | bool
+    passed: bool
+    param: str
+
+    def describe(self) -> str:
+        obs = "missing" if self.observed is None else _fmt(self.observed)
+        op = "==" if isinstance(self.required, bool) else ">="
+        verdict = "ok" if self.passed else "UNMET"
+        return f"{self.name}: observed {obs}, required {op} {_fmt(self.required)} ({self.param}) [{verdict}]"
+
+
+class GateFailed(RuntimeError):
+    """The quality gate failed; `checks` holds every check, passed or not."""
+
+    def __init__(self, checks: list[GateCheck]) -> None:
+        unmet = [c for c in checks if not c.passed]
+        super().__init__("quality gate failed, unmet thresholds:\n" + "\n".join(f"  {c.describe()}" for c in unmet))
+        self.checks = checks
+
+
+def _fmt(value: float | bool) -> str:
+    return str(value).lower() if isinstance(value, bool) else f"{value:.4f}"
+
+
+def _number(report: dict, key: str) -> float | None:
+    value = report.get(key)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def evaluate_gate(params: RegisterParams, linear: dict, validation: dict | None) -> list[GateCheck]:
+    """Every configured threshold against the reports (a missing metric fails its check)."""
+    metric = params.metric
+    value = _number(linear, metric)
+    checks = [
+        GateCheck(
+            metric,
+            value,
+            params.min_linear_top1,
+            value is not None and value >= params.min_linear_top1,
+            "register.min_linear_top1",
+        )
+    ]
+    for name, label, minimum in (
+        ("random", "random-init", params.min_margin_over_random),
+        ("raw", "raw pixels", params.min_margin_over_raw),
+    ):
+        if minimum is None:
+            continue
+        base = _number(linear, f"baseline.{name}.{metric}")
+        margin = None if value is None or base is None else round(value - base, 6)
+        passed = margin is not None and margin >= minimum
+        checks.append(
+            GateCheck(
+                f"margin of {metric} over {label} (baseline.{name}.{metric})",
+                margin,
+                minimum,
+                passed,
+                f"register.min_margin_over_{name}",
+            )
+        )
+    if params.require_validation:
+        ok = (validation or {}).get("success")
+        observed = None if ok is None else bool(ok)
+        checks.append(
+            GateCheck(
+                "validation passed (reports/validation.json success)",
+                observed,
+                True,
+                ok is True,
+                "register.require_validation",
+            )
+        )
+    return checks
+
+
+def _read_json(root: Path, rel: Path, required: bool = True) -> dict | None:
+    path = root / rel
+    if not path.is_file():
+        if required:
+            raise RegistryInputError(f"{rel}: not found (run the upstream stages first: dvc repro)")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RegistryInputError(f"{rel}: not valid JSON: {exc}") from exc
+
+
+def _data_identity(lock: dict | None, shard: dict | None) -> dict[str, Any]:
+    outs = lock_outs(lock)
+    shard = shard or {}
+    shards_out, manifest_out = outs.get(SHARDS, {}), outs.get(MANIFEST, {})
+    return {
+        "manifest": {"path": MANIFEST, "md5": manifest_out.get("md5"), "sha256": shard.get("manifest_sha256")},
+        "shards": {
+            "path": SHARDS,
+            "dvc_md5": shards_out.get("md5"),
+            "nfiles": shards_out.get("nfiles"),
+            "bytes": shards_out.get("size"),
+            "sha256": shard.get("shard_sha256") or {},
+        },
+        "count": shard.get("count"),
+        "classes": shard.get("classes"),
+        "lock_recorded": bool(outs),
+    }
+
+
+def build_entry(root: Path, params: RegisterParams, checks: list[GateCheck], params_path: Path) -> dict[str, Any]:
+    """The registry entry (registry/entry.json) for the workspace under `root`."""
+    reports = {name: _read_json(root, rel, required=name != "shard") for name, rel in REPORTS.items()}
+    arch = _read_json(root, ENCODER_META)
+    weights, meta = hash_path(root / ENCODER), hash_path(root / ENCODER_META)
+    all_params = load_yaml(params_path.read_text()) or {}
+    lock = View(root).read_yaml("dvc.lock")
+    shard = reports["shard"] or {}
+    source = shard.get("source")
+    inputs = {rel.as_posix(): hash_path(root / rel).sha256 for rel in REPORTS.values() if (root / rel).is_file()}
+    return {
+        "format": ENTRY_FORMAT,
+        "artifact": params.artifact,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": {
+            "commit": head_commit(root),
+            "dirty": is_dirty(root),
+            "note": "commit the run started from; the registry tag points at the commit holding this entry",
+        },
+        "encoder": {
+            "path": ENCODER.as_posix(),
+            "sha256": weights.sha256,
+            "md5": weights.md5,
+            "size": weights.size,
+            "meta_path": ENCODER_META.as_posix(),
+            "meta_sha256": meta.sha256,
+        },
+        "architecture": arch,
+        "params": {s: all_params.get(s) for s in PARAM_SECTIONS},
+        "register_params": params.model_dump(),
+        "gate": {
+            "passed": all(c.passed for c in checks),
+            "enforced": params.enforce_gate,
+            "checks": [asdict(c) for c in checks],
+        },
+        "metrics": {k: reports[k] for k in ("eval_linear", "eval_lowshot", "pretrain")},
+        "validation": {k: v for k, v in (reports["validation"] or {}).items() if not isinstance(v, (dict, list))},
+        "data": _data_identity(lock, shard),
+        "source": source_identity(source, shard.get("root", ""), params.source_hash_max_bytes) if source else None,
+        "inputs": inputs,
+    }
+
+
+def remove_outputs(root: Path) -> None:
+    for rel in (ENTRY, CARD):
+        (root / rel).unlink(missing_ok=True)
+
+
+def register_model(
+    root: Path | str = ".", params: RegisterParams | None = None, params_path: Path | str = "params.yaml"
+) -> dict[str, Any]:
+    """Run the gate; on success write entry + card atomically and return the entry."""
+    root, params_path = Path(root), Path(params_path)
+    params = params or RegisterParams()
+    remove_outputs(root)  # a failed gate (or a crash below) must not leave a stale entry behind
+    for rel in (ENCODER, ENCODER_META):
+        if not (root / rel).is_file():
+            raise RegistryInputError(f"{rel}: not found (run the pretrain stage first: dvc repro pretrain)")
+    linear = _read_json(root, REPORTS["eval_linear"]) or {}
+    validation = _read_json(root, REPORTS["validation"], required=params.require_validation)
+    checks = evaluate_gate(params, linear, validation)
+    if params.enforce_gate and not all(c.passed for c in checks):
+        raise GateFailed(checks)
+    entry = build_entry(root, params, checks, params_path if params_path.is_absolute() else root / params_path)
+    card = model_card(entry)
+    write_atomic(root / CARD, card)
+    write_atomic(root / ENTRY, json.dumps(entry, indent=2) + "\n")
+    return entry

@@ -1,0 +1,159 @@
+"""The model card (`registry/model_card.md`) rendered from a registry entry.
+
+What the model is, how it was trained, the results next to both baselines, intended use and limits,
+and how to load the weights with plain timm and with `pipeline.load_encoder`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+BASELINES = (("random", "random-init ViT"), ("raw", "raw pixels"))
+
+
+def _pct(value: Any) -> str:
+    return f"{100 * float(value):.2f} %" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
+def _natural(key: str) -> list:
+    """Sort key that orders embedded numbers numerically (k5 before k20)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+def _results_table(linear: dict, lowshot: dict) -> list[str]:
+    rows: list[tuple[str, str, dict]] = [
+        ("linear probe, test top-1", "linear.test_top1", linear),
+        ("linear probe, val top-1", "linear.val_top1", linear),
+        ("linear probe, test top-5", "linear.test_top5", linear),
+    ]
+    rows += [
+        (f"weighted kNN k={m.group(1)}, test top-1", k, linear)
+        for k in sorted(linear, key=_natural)
+        if (m := re.fullmatch(r"knn\.k(\d+)\.test_top1", k))
+    ]
+    lowshot_keys = [k for k in lowshot if re.fullmatch(r"lowshot\.(k\d+|pct[\d_]+)\.mean", k)]
+    for key in sorted(lowshot_keys, key=_natural):
+        setting = key.split(".")[1]
+        pct = setting[3:].replace("_", ".")
+        label = f"{setting[1:]} labels/class" if setting.startswith("k") else f"{pct} % labels"
+        rows.append((f"low-shot ({label}), test top-1 mean", key, lowshot))
+    lines = [
+        "| metric | I-JEPA encoder | " + " | ".join(b for _, b in BASELINES) + " |",
+        "|---|---|" + "---|" * len(BASELINES),
+    ]
+    for label, key, report in rows:
+        if key not in report:
+            continue
+        std_key = key[: -len(".mean")] + ".std" if key.endswith(".mean") else None
+        cell = _pct(report[key]) + (f" ± {_pct(report[std_key])}" if std_key and std_key in report else "")
+        base = [_pct(report.get(f"baseline.{name}.{key}")) for name, _ in BASELINES]
+        lines.append(f"| {label} | {cell} | " + " | ".join(base) + " |")
+    return lines
+
+
+def _gate_lines(gate: dict) -> list[str]:
+    verdict = "passed" if gate.get("passed") else "FAILED (recorded because register.enforce_gate is false)"
+    lines = [f"Quality gate: **{verdict}**.", ""]
+    for c in gate.get("checks", []):
+        obs = c["observed"]
+        obs_s = "missing" if obs is None else (str(obs).lower() if isinstance(obs, bool) else f"{obs:.4f}")
+        req = c["required"]
+        req_s = str(req).lower() if isinstance(req, bool) else f">= {req:.4f}"
+        lines.append(f"- {c['name']}: {obs_s} (required {req_s}, `{c['param']}`) {'✓' if c['passed'] else '✗'}")
+    return lines
+
+
+def model_card(entry: dict[str, Any]) -> str:
+    """Markdown model card for one registry entry."""
+    arch = entry.get("architecture") or {}
+    kw = arch.get("timm_kwargs", {})
+    params = entry.get("params") or {}
+    train, mask, data = params.get("train") or {}, params.get("mask") or {}, params.get("data") or {}
+    metrics = entry.get("metrics") or {}
+    linear, lowshot, pretrain = (
+        metrics.get("eval_linear") or {},
+        metrics.get("eval_lowshot") or {},
+        metrics.get("pretrain") or {},
+    )
+    enc, src, dat = entry["encoder"], entry.get("source") or {}, entry.get("data") or {}
+    norm = arch.get("normalization", {})
+    name = entry["artifact"]
+    lines = [
+        f"# Model card: `{name}`",
+        "",
+        "## What it is",
+        "",
+        f"A Vision Transformer encoder pretrained with I-JEPA (Assran et al. 2023) on `{src.get('name', '?')}`: "
+        "the EMA **target** encoder, no class token, fixed 2-D sin-cos position embeddings, average-pooled "
+        "patch tokens as the image representation. It is a frozen feature extractor; it has no classifier head.",
+        "",
+        f"- architecture: ViT, image {kw.get('img_size')} px, patch {kw.get('patch_size')}, "
+        f"{kw.get('in_chans')} channel(s), width {kw.get('embed_dim')}, depth {kw.get('depth')}, "
+        f"{kw.get('num_heads')} heads, MLP ratio {kw.get('mlp_ratio')} (`timm_kwargs` in `{enc['meta_path']}`)",
+        f"- weights: `{enc['path']}`, {enc['size']} bytes, sha256 `{enc['sha256']}`",
+        f"- input: pixels in [0, 1], then `(x - mean) / std` with mean {norm.get('mean')} and std {norm.get('std')}",
+        f"- registered: {entry['created_at']}, run from git commit `{(entry.get('git') or {}).get('commit')}`",
+        "",
+        "## How it was trained",
+        "",
+        f"- data: {src.get('name', '?')} from `{src.get('root', '?')}` (source digest `{src.get('digest', 'n/a')}`), "
+        f"split counts {dat.get('count')}, {len((dat.get('shards') or {}).get('sha256') or {})} WebDataset shards, "
+        f"manifest sha256 `{(dat.get('manifest') or {}).get('sha256')}`",
+        f"- schedule: {pretrain.get('steps', '?')} steps ({pretrain.get('epochs', '?')} epochs), batch "
+        f"{train.get('batch_size')}, lr {train.get('lr')} (warmup from {train.get('start_lr')}, cosine to "
+        f"{train.get('final_lr')}), weight decay {train.get('weight_decay')}, EMA {train.get('ema')}, "
+        f"loss {train.get('loss')}, final loss {pretrain.get('final_loss', '?')}",
+        f"- masking: {mask.get('num_targets')} target blocks, scale {mask.get('target_scale')}, aspect "
+        f"{mask.get('target_aspect')}; context scale {mask.get('context_scale')}",
+        f"- hardware: {pretrain.get('device', '?')} x{pretrain.get('world_size', 1)}, "
+        f"{pretrain.get('images_per_s', '?')} images/s, {pretrain.get('wall_s', '?')} s",
+        f"- data params: seed {data.get('seed')}, val size {data.get('val_size')}, max per class "
+        f"{data.get('max_per_class')}; every parameter is in `registry/entry.json` (`params`)",
+        "",
+        "## Results",
+        "",
+        "Frozen target encoder, average-pooled last-layer tokens; logistic-regression probe with C chosen on "
+        "the validation split; test split reported. Baselines use the same protocol.",
+        "",
+        *_results_table(linear, lowshot),
+        "",
+        *_gate_lines(entry.get("gate") or {}),
+        "",
+        "## Intended use and limits",
+        "",
+        "- Intended: frozen features for linear / low-shot classification of images like the training data "
+        f"({kw.get('img_size')}×{kw.get('img_size')}, {kw.get('in_chans')} channel(s)), and as a reference "
+        "model for the pipeline's tests, benchmarks and audits.",
+        "- Not intended: images from other domains or sizes without re-evaluation; any decision about people. "
+        "It is a small model trained briefly on a small dataset; compare it against the baselines above "
+        "before relying on it (on Fashion-MNIST raw pixels are a strong baseline).",
+        "- Accuracies come from one evaluation run; low-shot numbers are a mean ± std over seeds.",
+        "",
+        "## How to load it",
+        "",
+        "With plain timm (no project code):",
+        "",
+        "```python",
+        "import json, timm, safetensors.torch",
+        f'meta = json.load(open("{enc["meta_path"]}"))',
+        'model = timm.create_model("vit_small_patch16_224", pretrained=False, **meta["timm_kwargs"])',
+        '# or: timm.models.VisionTransformer(**meta["timm_kwargs"])',
+        f'model.load_state_dict(safetensors.torch.load_file("{enc["path"]}"), strict=True)',
+        "model.eval()",
+        "features = model(x)  # x: (B, C, H, W), normalised as above -> (B, width), mean-pooled tokens",
+        "```",
+        "",
+        "With the pipeline (a path, a registry version or a stage):",
+        "",
+        "```python",
+        "import pipeline",
+        f'model = pipeline.load_encoder("{enc["path"]}")   # or "v0.1.0", or "prod"',
+        "```",
+        "",
+        f"From the registry: `ijepa registry get --stage prod` prints the path of the verified weights; "
+        f"`dvc artifacts get . {name} --rev v0.1.0` downloads them with DVC alone. "
+        "`ijepa lineage --verify` audits the chain from this model back to the source files.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,45 @@
+"""DVC stage `features`: frozen features of the target encoder, its snapshots and the baselines.
+
+Reads params `eval` (last_layers, batch_size, precision, device, max_train, snapshot_max_images,
+subset_seed, random_init_seed), models/encoder.{safetensors,json}, models/snapshots/, data/shards and
+data/manifest.csv; writes data/features/ (layout: pipeline/eval/features.py), swapped in atomically.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from pipeline.config import ParamsError, load_section
+from pipeline.eval.features import build_cache
+
+ENCODER = Path("models/encoder.safetensors")
+SNAPSHOTS = Path("models/snapshots")
+SHARDS = Path("data/shards")
+MANIFEST = Path("data/manifest.csv")
+OUT = Path("data/features")
+
+
+def main(params_path: str = "params.yaml") -> int:
+    try:
+        p = load_section("eval", params_path)
+        index = build_cache(
+            ENCODER, SHARDS, OUT, manifest=MANIFEST, snapshots_dir=SNAPSHOTS, last_layers=p.last_layers,
+            batch_size=p.batch_size, random_init_seed=p.random_init_seed, max_train=p.max_train,
+            snapshot_max_images=p.snapshot_max_images, subset_seed=p.subset_seed, precision=p.precision,
+            device=p.device,
+        )  # fmt: skip
+    except (ParamsError, FileNotFoundError, ValueError) as exc:
+        print(f"features: error: {exc}", file=sys.stderr)
+        return 1
+    counts = index["sets"]["encoder"]["count"]
+    print(
+        f"features: {len(index['sets'])} sets (encoder dim {index['sets']['encoder']['dim']}, "
+        f"{len(index['snapshots'])} snapshots; train {counts['train']}, val {counts['val']}, test {counts['test']}) "
+        f"in {index['wall_s']:.1f} s, {index['encoder_images_per_s']:.0f} encoder images/s, {index['precision']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Linear probe: learns separable data, stays at chance on shuffled labels, matches scikit-learn's C."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.eval.features import FeatureSet
+from pipeline.eval.linear import (
+    check_disjoint,
+    fit_logreg,
+    linear_probe,
+    per_class_accuracy,
+    standardize,
+    topk_accuracy,
+)
+
+GRID = [0.01, 0.1, 1.0, 10.0]
+
+
+def blobs(n: int, classes: int = 5, dim: int = 16, sep: float = 4.0, seed: int = 0, prefix: str = "tr") -> FeatureSet:
+    """Gaussian blobs around random class centres (separable for large `sep`), offset and scaled."""
+    fixed = np.random.default_rng(123)  # the same class centres and feature scales in every split
+    centres, scales = fixed.normal(0, 1, (classes, dim)) * sep, fixed.uniform(0.1, 10, dim)
+    y = np.arange(n) % classes
+    x = centres[y] + np.random.default_rng(seed).normal(0, 1, (n, dim))
+    x = x * scales + 50.0  # badly scaled: the probe must standardise
+    return FeatureSet(x, y, [f"{prefix}{i}" for i in range(n)])
+
+
+def test_probe_learns_separable_features() -> None:
+    res = linear_probe(blobs(500), blobs(200, seed=1, prefix="va"), blobs(400, seed=2, prefix="te"), GRID)
+    assert res.test_top1 > 0.97 and res.val_top1 > 0.97
+    assert res.test_top5 == 1.0
+    assert len(res.per_class) == 5 and min(res.per_class) > 0.9
+    assert res.best_c in GRID and set(res.val_by_c) == set(GRID)
+    assert res.train_size == 500
+
+
+def test_probe_on_shuffled_labels_is_at_chance() -> None:
+    train = blobs(500)
+    train.labels = np.random.default_rng(0).permutation(train.labels)
+    res = linear_probe(train, blobs(200, seed=1, prefix="va"), blobs(1000, seed=2, prefix="te"), GRID)
+    assert abs(res.test_top1 - 0.2) < 0.07
+
+
+def test_objective_matches_scikit_learn_logistic_regression() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    data = blobs(300, classes=3, dim=6, sep=0.7)
+    x, y = standardize(data.features)[0], torch.from_numpy(data.labels)
+    for c in (0.05, 1.0):
+        ours = fit_logreg(x, y, 3, c, tol=1e-9, max_iter=2000)
+        ref = LogisticRegression(C=c, tol=1e-10, max_iter=5000).fit(x.double().numpy(), data.labels)
+        # multinomial logits are defined up to a per-row constant: compare centred logits
+        ours_logits = ours.logits(x).double()
+        ref_logits = torch.from_numpy(ref.decision_function(x.double().numpy()))
+        diff = (ours_logits - ours_logits.mean(1, keepdim=True)) - (ref_logits - ref_logits.mean(1, keepdim=True))
+        assert diff.abs().max() < 1e-3, c
+
+
+def test_accuracy_helpers() -> None:
+    logits = torch.tensor([[3.0, 2.0, 1.0], [0.0, 1.0, 2.0], [5.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    labels = torch.tensor([0, 1, 2, 1])
+    assert topk_accuracy(logits, labels, 1) == 0.5
+    assert topk_accuracy(logits, labels, 2) == 0.75
+    assert topk_accuracy(logits, labels, 5) == 1.0
+    acc = per_class_accuracy(logits.argmax(1), labels, 4)
+    assert acc[:3] == [1.0, 0.5, 0.0] and np.isnan(acc[3])
+
+
+def test_leak_guard_and_bad_c() -> None:
+    a, b = blobs(10), blobs(10, prefix="te")
+    check_disjoint(a, b)
+    with pytest.raises(ValueError, match="also training samples"):
+        check_disjoint(a, blobs(10, prefix="tr"))
+    with pytest.raises(ValueError, match="C must be"):
+        fit_logreg(torch.zeros(3, 2), torch.zeros(3, dtype=torch.long), 2, 0.0)

@@ -1,0 +1,167 @@
+"""Stage `register` (quality gate, entry, model card) and `ijepa registry` (gto tags, DVC materialisation)
+on a real tiny pipeline run in a temp git+DVC repo; the gate logic itself also on plain dicts."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import load_file
+from timm.models.vision_transformer import VisionTransformer
+
+import pipeline
+from pipeline.config import RegisterParams
+from pipeline.registry import evaluate_gate
+from pipeline.registry_store import load_yaml, lock_outs
+from tests.conftest import dvc, run, set_params
+from tests.registry_helpers import ARTIFACT, ijepa, project_copy, read_json, sha256
+
+LINEAR = {"linear.test_top1": 0.80, "baseline.random.linear.test_top1": 0.70, "baseline.raw.linear.test_top1": 0.85}
+
+
+def test_gate_names_every_unmet_threshold() -> None:
+    params = RegisterParams(min_linear_top1=0.9, min_margin_over_random=0.05, min_margin_over_raw=0.0)
+    checks = evaluate_gate(params, LINEAR, {"success": False})
+    by_param = {c.param: c for c in checks}
+    assert {p for p, c in by_param.items() if not c.passed} == {
+        "register.min_linear_top1", "register.min_margin_over_raw", "register.require_validation"}  # fmt: skip
+    assert by_param["register.min_margin_over_random"].observed == pytest.approx(0.10)
+    assert by_param["register.min_margin_over_raw"].observed == pytest.approx(-0.05)
+    assert "observed 0.8000, required >= 0.9000" in by_param["register.min_linear_top1"].describe()
+
+
+def test_gate_skips_unset_thresholds_and_fails_missing_metrics() -> None:
+    params = RegisterParams(min_margin_over_random=None, min_margin_over_raw=None, require_validation=False)
+    assert [c.param for c in evaluate_gate(params, LINEAR, None)] == ["register.min_linear_top1"]
+    checks = evaluate_gate(RegisterParams(), {"linear.test_top1": 0.8}, {"success": True})
+    missing = [c for c in checks if not c.passed]
+    assert [c.param for c in missing] == ["register.min_margin_over_random"] and missing[0].observed is None
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return project_copy(tmp_path_factory, "registry")
+
+
+@pytest.mark.slow
+def test_gate_passes_entry_and_card(project: Path) -> None:
+    entry = read_json(project / "registry/entry.json")
+    lock = load_yaml((project / "dvc.lock").read_text())
+    outs = lock_outs(lock)
+    shard = read_json(project / "reports/shard.json")
+    enc = entry["encoder"]
+    assert entry["artifact"] == ARTIFACT and entry["gate"]["passed"] is True
+    assert enc["sha256"] == sha256(project / "models/encoder.safetensors")
+    assert enc["size"] == (project / "models/encoder.safetensors").stat().st_size
+    assert enc["md5"] == outs["models/encoder.safetensors"]["md5"]
+    assert entry["architecture"] == read_json(project / "models/encoder.json")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    assert entry["params"] == {s: params[s] for s in ("data", "model", "mask", "train", "eval")}
+    assert entry["metrics"]["eval_linear"] == read_json(project / "reports/eval_linear.json")
+    assert entry["metrics"]["eval_lowshot"] == read_json(project / "reports/eval_lowshot.json")
+    data = entry["data"]
+    assert data["shards"]["dvc_md5"] == outs["data/shards"]["md5"] and data["shards"]["sha256"] == shard["shard_sha256"]
+    assert data["manifest"] == {"path": "data/manifest.csv", "md5": outs["data/manifest.csv"]["md5"],
+                                "sha256": shard["manifest_sha256"]}  # fmt: skip
+    src = entry["source"]
+    assert src["name"] == "fashion-mnist" and src["hashed"] and len(src["files"]) == 4
+    for name, digest in src["files"].items():
+        assert sha256(Path(src["root"]) / name) == digest
+    assert len(entry["git"]["commit"]) == 40
+    assert [c["param"] for c in entry["gate"]["checks"]] == [
+        "register.min_linear_top1", "register.min_margin_over_random", "register.min_margin_over_raw",
+        "register.require_validation"]  # fmt: skip
+    card = (project / "registry/model_card.md").read_text()
+    for text in ("## What it is", "## How it was trained", "## Results", "## Intended use and limits",
+                 "## How to load it", "timm.create_model(", "load_state_dict(safetensors.torch.load_file(",
+                 "pipeline.load_encoder(", "| raw pixels |", enc["sha256"]):  # fmt: skip
+        assert text in card, text
+    lin = entry["metrics"]["eval_linear"]
+    assert f"| linear probe, test top-1 | {100 * lin['linear.test_top1']:.2f} % |" in card
+
+
+@pytest.mark.slow
+def test_register_promote_show_get(project: Path) -> None:
+    assert "no registered versions" in ijepa(project, "registry", "list").stdout
+    out = ijepa(project, "registry", "register").stdout
+    assert f"{ARTIFACT}@v0.1.0" in out
+    ijepa(project, "registry", "promote", "--stage", "prod")
+    tags = run(["git", "tag", "-l"], project).stdout.split()
+    assert tags == [f"{ARTIFACT}#prod#1", f"{ARTIFACT}@v0.1.0"]
+    head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert run(["git", "rev-list", "-n1", f"{ARTIFACT}@v0.1.0"], project).stdout.strip() == head
+
+    shown = ijepa(project, "registry", "show").stdout
+    assert "v0.1.0" in shown and "prod" in shown and "passed" in shown
+    rows = json.loads(ijepa(project, "registry", "show", "--json").stdout)
+    entry = read_json(project / "registry/entry.json")
+    assert [(r["version"], r["stages"], r["gate_passed"]) for r in rows] == [("v0.1.0", ["prod"], True)]
+    assert rows[0]["metrics"]["linear.test_top1"] == entry["metrics"]["eval_linear"]["linear.test_top1"]
+    detail = json.loads(ijepa(project, "registry", "show", "--stage", "prod", "--json").stdout)
+    assert detail["entry"] == entry
+
+    again = ijepa(project, "registry", "register", check=False)
+    assert again.exit_code == 1 and "already registered" in again.stderr
+    path = Path(ijepa(project, "registry", "get", "--stage", "prod").stdout.strip())
+    assert path == project / ".ijepa/registry-cache/v0.1.0/encoder.safetensors"
+    assert sha256(path) == entry["encoder"]["sha256"] and (path.parent / "encoder.json").is_file()
+    # the static `artifacts:` declaration lets plain DVC fetch the same version by its gto tag
+    dvc(project, "artifacts", "get", ".", ARTIFACT, "--rev", "v0.1.0", "-o", str(project.parent / "dvc-get.bin"))
+    assert sha256(project.parent / "dvc-get.bin") == entry["encoder"]["sha256"]
+
+
+@pytest.mark.slow
+def test_registered_encoder_loads_in_plain_timm(project: Path) -> None:
+    if not run(["git", "tag", "-l"], project).stdout.strip():  # when run on its own
+        ijepa(project, "registry", "register")
+        ijepa(project, "registry", "promote", "--stage", "prod")
+    path = Path(ijepa(project, "registry", "get", "--version", "v0.1.0").stdout.strip())
+    meta = read_json(path.with_suffix(".json"))
+    kw = meta["timm_kwargs"]
+    plain = timm.create_model("vit_small_patch16_224", pretrained=False, **kw)
+    plain.load_state_dict(load_file(str(path)), strict=True)
+    ours = pipeline.load_encoder("prod", repo=project)
+    assert isinstance(ours, VisionTransformer) and ours.ijepa_meta == meta
+    x = torch.rand(4, kw["in_chans"], kw["img_size"], kw["img_size"])
+    with torch.no_grad():
+        a, b = plain.eval().forward_features(x), ours.forward_features(x)
+        pooled = pipeline.load_encoder(f"{ARTIFACT}@v0.1.0", repo=project)(x)
+    assert a.shape == (4, meta["grid"][0] * meta["grid"][1], kw["embed_dim"])
+    assert torch.equal(a, b) and torch.equal(plain(x), pooled)
+
+
+@pytest.mark.slow
+def test_gate_failure_writes_nothing_and_prod_needs_a_passed_gate(project: Path) -> None:
+    set_params(project, {"register": {"min_linear_top1": 0.999, "min_margin_over_random": 0.5}})
+    failed = dvc(project, "repro", "register", check=False)
+    assert failed.returncode != 0
+    out = failed.stdout + failed.stderr
+    assert "quality gate failed" in out
+    assert "linear.test_top1: observed" in out and "required >= 0.9990 (register.min_linear_top1) [UNMET]" in out
+    assert "required >= 0.5000 (register.min_margin_over_random) [UNMET]" in out
+    assert "register.min_margin_over_raw" not in out  # met thresholds are not reported as failures
+    assert not (project / "registry/entry.json").exists() and not (project / "registry/model_card.md").exists()
+
+    # a recorded (not enforced) failure can be registered and staged, never promoted to prod
+    set_params(project, {"register": {"enforce_gate": False}})
+    dvc(project, "repro", "register")
+    assert read_json(project / "registry/entry.json")["gate"]["passed"] is False
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", "gate recorded as failed"], project)
+    registered = ijepa(project, "registry", "register").stdout  # v0.2.0 after the earlier test's v0.1.0
+    version = re.search(rf"{ARTIFACT}@(v\d+\.\d+\.\d+)", registered).group(1)
+    assert "gate FAILED" in registered
+    refused = ijepa(project, "registry", "promote", "--stage", "prod", "--version", version, check=False)
+    assert refused.exit_code == 1 and "refusing to promote" in refused.stderr
+    assert "linear.test_top1" in refused.stderr
+    ijepa(project, "registry", "promote", "--stage", "staging", "--version", version)
+    tags = run(["git", "tag", "-l"], project).stdout.split()
+    assert f"{ARTIFACT}@{version}" in tags and any(t.startswith(f"{ARTIFACT}#staging#") for t in tags)
+    assert not [t for t in tags if t.startswith(f"{ARTIFACT}#prod#") and t != f"{ARTIFACT}#prod#1"]
+    assert not [v for v in json.loads(ijepa(project, "registry", "list", "--json").stdout)
+                if v["version"] == version and "prod" in v["stages"]]  # fmt: skip
