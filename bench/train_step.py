@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import multiprocessing as mp
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections import defaultdict
-from multiprocessing.connection import Connection
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -138,46 +140,62 @@ def _setup(name: str) -> dict[str, object]:
     return {"runners": runners, "info": info}
 
 
-def _worker(conn: Connection, names: list[str], tuned: bool, threads: int) -> None:
-    """One process per allocator setting (glibc's mallopt is process-wide); runs the steps it is sent."""
+def _worker(names: list[str], tuned: bool, threads: int) -> None:
+    """One process per allocator setting (glibc's mallopt is process-wide). Protocol on stdin/stdout,
+    one JSON line each way: first its set-up info, then the part timings of each step it is sent."""
     torch.set_num_threads(threads)
     ok = tune_cpu_allocator() if tuned else True
     setups = {name: _setup(name) for name in names}
-    conn.send((ok, {name: s["info"] for name, s in setups.items()}))
-    while (msg := conn.recv()) is not None:
-        name, impl, step = msg
-        conn.send(setups[name]["runners"][impl].step(step))
+    print(json.dumps({"ok": ok, "infos": {name: s["info"] for name, s in setups.items()}}), flush=True)
+    for line in sys.stdin:
+        name, impl, step = json.loads(line)
+        print(json.dumps(setups[name]["runners"][impl].step(step)), flush=True)
+
+
+class _Worker:
+    """A `--worker` subprocess of this script (plain subprocess: no multiprocessing machinery)."""
+
+    def __init__(self, names: list[str], alloc: str, threads: int) -> None:
+        here = Path(__file__).resolve()
+        cmd = [sys.executable, here.name, "--worker", alloc, "--threads", str(threads), "--config", *names]
+        self.proc = subprocess.Popen(cmd, cwd=here.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+
+    def recv(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker exited (code {self.proc.wait()})")
+        return json.loads(line)
+
+    def ask(self, name: str, impl: str, step: int) -> dict[str, float]:
+        self.proc.stdin.write(json.dumps([name, impl, step]) + "\n")
+        return self.recv()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
 
 
 def run(names: list[str], steps: int, warmup: int, threads: int) -> list[dict[str, object]]:
     """Two worker processes (default / tuned allocator), each with naive + ours; the parent hands out
     one step at a time round-robin over all four, so load changes on the shared cores hit all alike."""
-    ctx = mp.get_context("spawn")
-    workers = {}
-    for alloc in ("default", "tuned"):
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(child, names, alloc == "tuned", threads), daemon=True)
-        proc.start()
-        workers[alloc] = (parent, proc)
-    ready = {alloc: conn.recv() for alloc, (conn, _) in workers.items()}
-    infos = ready["default"][1]
-    variants = [(impl, alloc) for alloc in workers if ready[alloc][0] for impl in ("naive", "ours")]
+    workers = {alloc: _Worker(names, alloc, threads) for alloc in ("default", "tuned")}
+    ready = {alloc: w.recv() for alloc, w in workers.items()}
+    infos = ready["default"]["infos"]
+    variants = [(impl, alloc) for alloc in workers if ready[alloc]["ok"] for impl in ("naive", "ours")]
     results = []
     for name in names:
         samples: dict[str, dict[str, list[float]]] = {f"{i}, {a} malloc": defaultdict(list) for i, a in variants}
         for i in range(warmup + steps):
             for impl, alloc in variants:
-                conn = workers[alloc][0]
-                conn.send((name, impl, i))
-                times = conn.recv()
+                times = workers[alloc].ask(name, impl, i)
                 if i >= warmup:
                     for part, ms in times.items():
                         samples[f"{impl}, {alloc} malloc"][part].append(ms)
         med = {k: {p: statistics.median(v) for p, v in s.items()} for k, s in samples.items()}
         results.append({**infos[name], "median": med})
-    for conn, proc in workers.values():
-        conn.send(None)
-        proc.join(timeout=30)
+    for w in workers.values():
+        w.close()
     return results
 
 
@@ -235,7 +253,11 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the markdown section here")
+    ap.add_argument("--worker", choices=["default", "tuned"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        _worker(args.config, args.worker == "tuned", args.threads)
+        return ""
     torch.set_num_threads(args.threads)
     load_start = load_average()
     results = run(args.config, args.steps, args.warmup, args.threads)

@@ -75,6 +75,7 @@ def test_eval_stages_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatch) 
     snap = FeatureSet.load(Path("data/features/snapshots/step0000010/train.npz"))
     enc = FeatureSet.load(Path("data/features/encoder/train.npz"))
     assert len(snap) == 40 and set(snap.keys) <= set(enc.keys)
+    assert enc.keys.tolist() == sorted(enc.keys.tolist())  # shard (manifest) order, only kept samples read
     assert eval_linear.main() == 0 and eval_lowshot.main() == 0
 
     lin = json.loads(Path("reports/eval_linear.json").read_text())

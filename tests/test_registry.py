@@ -137,7 +137,7 @@ def test_registered_encoder_loads_in_plain_timm(project: Path) -> None:
 
 @pytest.mark.slow
 def test_gate_failure_writes_nothing_and_prod_needs_a_passed_gate(project: Path) -> None:
-    set_params(project, {"register": {"min_linear_top1": 0.999, "min_margin_over_random": 0.5}})
+    set_params(project, {"register": {"min_linear_top1": 0.999, "min_margin_over_random": 0.5, "enforce_gate": True}})
     failed = dvc(project, "repro", "register", check=False)
     assert failed.returncode != 0
     out = failed.stdout + failed.stderr

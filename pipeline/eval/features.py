@@ -27,16 +27,17 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import webdataset as wds
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.data.loader import eval_loader
+from pipeline.data.loader import decode_sample, eval_loader, list_shards
 from pipeline.data.shards import read_manifest
 from pipeline.data.sources import stratified_split
 from pipeline.ijepa.export import load_encoder, random_encoder
@@ -200,6 +201,38 @@ def extract(
     return out
 
 
+def split_batches(
+    shard_dir: Path | str, batch_size: int, keep: frozenset[str] | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """Ordered (images in [0,1], labels, keys) batches of one split. Without `keep` this is
+    `pipeline.data.loader.eval_loader`; with it, only the kept samples are decoded (in shard order)."""
+    if keep is None:
+        yield from eval_loader(shard_dir, batch_size)
+        return
+    samples = wds.DataPipeline(
+        wds.SimpleShardList(list_shards(shard_dir)),
+        wds.tarfile_to_samples(),
+        wds.select(lambda s: s["__key__"] in keep),
+        wds.map(decode_sample),
+    )
+    buf: list[tuple[torch.Tensor, int, str]] = []
+    for sample in samples:
+        buf.append(sample)
+        if len(buf) == batch_size:
+            yield (
+                torch.stack([b[0] for b in buf]).float().div_(255.0),
+                torch.tensor([b[1] for b in buf]),
+                [b[2] for b in buf],
+            )
+            buf = []
+    if buf:
+        yield (
+            torch.stack([b[0] for b in buf]).float().div_(255.0),
+            torch.tensor([b[1] for b in buf]),
+            [b[2] for b in buf],
+        )
+
+
 def feature_path(root: Path, set_name: str, split: str) -> Path:
     return Path(root) / set_name / f"{split}.npz"
 
@@ -306,8 +339,8 @@ def build_cache(
                 snap_keep = keep
         extractors = [Extractor(e.name, e.model, keep) for e in base]
         extractors += [Extractor(s["set"], m, snap_keep) for s, m in zip(snapshots, snap_models, strict=True)]
-        total = -(-len(split_rows) // batch_size) if split_rows is not None else None
-        out = extract(eval_loader(Path(shards_root) / split, batch_size), extractors, norm["mean"], norm["std"],
+        total = -(-len(keep or split_rows) // batch_size) if split_rows is not None else None
+        out = extract(split_batches(Path(shards_root) / split, batch_size, keep), extractors, norm["mean"], norm["std"],
                       last_layers=last_layers, precision=precision, device=dev, total=total, desc=split)  # fmt: skip
         for name, fs in out.items():
             sets.setdefault(name, {})[split] = fs
