@@ -35,8 +35,20 @@ from pipeline.ijepa.model import IJEPA, Predictor, gather_tokens, jepa_loss, tun
 
 CONFIGS: dict[str, tuple[ModelParams, int]] = {
     "default": (ModelParams(), 128),
-    "vit-tiny": (ModelParams(img_size=64, patch_size=8, in_chans=3, embed_dim=192, depth=12, num_heads=3,
-                             pred_embed_dim=96, pred_depth=6, pred_num_heads=3), 32),
+    "vit-tiny": (
+        ModelParams(
+            img_size=64,
+            patch_size=8,
+            in_chans=3,
+            embed_dim=192,
+            depth=12,
+            num_heads=3,
+            pred_embed_dim=96,
+            pred_depth=6,
+            pred_num_heads=3,
+        ),
+        32,
+    ),
 }
 PARTS = ("masks", "target_fwd", "context_fwd", "predictor_loss", "backward", "optimizer", "ema")
 
@@ -59,15 +71,18 @@ def naive_predict(pred: Predictor, z: torch.Tensor, ctx_idx: torch.Tensor, tgt_i
 class Runner:
     """One model + optimiser + collator; `step` times each part of a training step."""
 
-    def __init__(self, model: IJEPA, batch: int, naive: bool, seed: int = 0) -> None:
-        self.model, self.batch, self.naive = model, batch, naive
+    def __init__(self, model: IJEPA, batch: int, naive: bool, seed: int = 0, bf16: bool = False) -> None:
+        self.model, self.batch, self.naive, self.bf16 = model, batch, naive, bf16
         p = model.params
         self.collator = MultiBlockMaskCollator(p.grid, MaskParams(), seed)
         g = torch.Generator().manual_seed(seed)
         self.images = torch.rand(batch, p.in_chans, p.img_size, p.img_size, generator=g)
         groups = model.param_groups(0.04)
-        self.opt = torch.optim.AdamW(groups, lr=1e-4, foreach=False) if naive else \
-            torch.optim.AdamW(groups, lr=1e-4, fused=True)
+        self.opt = (
+            torch.optim.AdamW(groups, lr=1e-4, foreach=False)
+            if naive
+            else torch.optim.AdamW(groups, lr=1e-4, fused=True)
+        )
         model.use_fused_attention(False)  # CPU: explicit attention is faster for these small heads
         if naive:
             names = [n for n, q in model.context_encoder.named_parameters() if q.requires_grad]
@@ -78,8 +93,11 @@ class Runner:
         m = self.model
         _, target = m.target_representations(self.images, masks)
         z = m.context_encoder(self.images, keep=masks.context)
-        pred = naive_predict(m.predictor, z, masks.context, masks.targets) if self.naive else \
-            m.predictor(z, masks.context, masks.targets)
+        pred = (
+            naive_predict(m.predictor, z, masks.context, masks.targets)
+            if self.naive
+            else m.predictor(z, masks.context, masks.targets)
+        )
         return jepa_loss(pred, target)
 
     @torch.no_grad()
@@ -91,6 +109,10 @@ class Runner:
             t.mul_(momentum).add_(c, alpha=1.0 - momentum)
 
     def step(self, step: int) -> dict[str, float]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self._step(step)
+
+    def _step(self, step: int) -> dict[str, float]:
         m, times, clock = self.model, {}, time.perf_counter
         t0 = clock()
         masks = self.collator.sample(self.batch, step)
@@ -99,8 +121,11 @@ class Runner:
         t2 = clock()
         z = m.context_encoder(self.images, keep=masks.context)
         t3 = clock()
-        pred = naive_predict(m.predictor, z, masks.context, masks.targets) if self.naive else \
-            m.predictor(z, masks.context, masks.targets)
+        pred = (
+            naive_predict(m.predictor, z, masks.context, masks.targets)
+            if self.naive
+            else m.predictor(z, masks.context, masks.targets)
+        )
         loss = jepa_loss(pred, target)
         t4 = clock()
         loss.backward()
@@ -123,8 +148,12 @@ def check_same_math(ours: Runner, naive: Runner) -> float:
     with torch.no_grad():
         a, b = ours.loss(masks), naive.loss(masks)
         pa = ours.model.predict(ours.images, masks)
-        pb = naive_predict(naive.model.predictor, naive.model.context_encoder(naive.images, masks.context),
-                           masks.context, masks.targets)
+        pb = naive_predict(
+            naive.model.predictor,
+            naive.model.context_encoder(naive.images, masks.context),
+            masks.context,
+            masks.targets,
+        )
     return max(float((a - b).abs()), float(F.l1_loss(pa, pb, reduction="none").max()))
 
 
@@ -132,10 +161,19 @@ def _setup(name: str) -> dict[str, object]:
     params, batch = CONFIGS[name]
     torch.manual_seed(0)
     model = IJEPA(params)
-    runners = {"naive": Runner(copy.deepcopy(model), batch, naive=True), "ours": Runner(model, batch, naive=False)}
+    runners = {
+        "naive": Runner(copy.deepcopy(model), batch, naive=True),
+        "ours-bf16": Runner(copy.deepcopy(model), batch, naive=False, bf16=True),
+        "ours": Runner(model, batch, naive=False),
+    }
     masks = runners["ours"].collator.sample(batch, 0)
-    info = {"name": name, "batch": batch, "max_diff": check_same_math(runners["ours"], runners["naive"]),
-            "context_len": masks.context.shape[1], "target_len": masks.targets.shape[2]}
+    info = {
+        "name": name,
+        "batch": batch,
+        "max_diff": check_same_math(runners["ours"], runners["naive"]),
+        "context_len": masks.context.shape[1],
+        "target_len": masks.targets.shape[2],
+    }
     return {"runners": runners, "info": info}
 
 
@@ -157,8 +195,9 @@ class _Worker:
     def __init__(self, names: list[str], alloc: str, threads: int) -> None:
         here = Path(__file__).resolve()
         cmd = [sys.executable, here.name, "--worker", alloc, "--threads", str(threads), "--config", *names]
-        self.proc = subprocess.Popen(cmd, cwd=here.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            cmd, cwd=here.parent, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1
+        )
 
     def recv(self) -> dict:
         line = self.proc.stdout.readline()
@@ -182,6 +221,8 @@ def run(names: list[str], steps: int, warmup: int, threads: int) -> list[dict[st
     ready = {alloc: w.recv() for alloc, w in workers.items()}
     infos = ready["default"]["infos"]
     variants = [(impl, alloc) for alloc in workers if ready[alloc]["ok"] for impl in ("naive", "ours")]
+    if ready["tuned"]["ok"]:  # bf16 autocast changes the arithmetic: an extra row, not the comparison
+        variants.append(("ours-bf16", "tuned"))
     results = []
     for name in names:
         samples: dict[str, dict[str, list[float]]] = {f"{i}, {a} malloc": defaultdict(list) for i, a in variants}
@@ -211,7 +252,7 @@ def render(results: list[dict[str, object]], steps: int, load: tuple[str, str] =
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch.set_num_threads"
         f"({torch.get_num_threads()}), torch {torch.__version__}, fp32. Median of {steps} steps after "
-        "warm-up; all four variants interleaved step by step (two processes, one per allocator setting; "
+        "warm-up; all variants interleaved step by step (two processes, one per allocator setting; "
         "the cores are shared with other jobs, so absolute numbers drift, ratios come from the same "
         "minutes). `naive` = the straightforward "
         "original recipe: predictor run once per target with every block in full, for-loop AdamW, "
@@ -220,7 +261,7 @@ def render(results: list[dict[str, object]], steps: int, load: tuple[str, str] =
         "(`use_fused_attention(False)`: faster than SDPA on this CPU for these head sizes). "
         "`tuned malloc` = after `pipeline.ijepa.model.tune_cpu_allocator()` (glibc keeps freed "
         "activation pages; no page faults per step). Same weights and masks; the max |difference| of "
-        "loss and predictions between the two is reported. Load average (1/5/15 min) at start "
+        "loss and predictions between naive and ours (fp32) is reported; `ours-bf16` is ours under CPU bf16 autocast (`train.precision: bf16`), a different rounding, so it is an extra row, not the comparison. Load average (1/5/15 min) at start "
         f"{load[0]}, at end {load[1]}.",
         "",
         "| config | impl | ms/step | images/s | " + " | ".join(PARTS) + " |",
@@ -229,20 +270,29 @@ def render(results: list[dict[str, object]], steps: int, load: tuple[str, str] =
     for r in results:
         for impl, m in r["median"].items():
             parts = " | ".join(f"{m[p]:.1f}" for p in PARTS)
-            lines.append(f"| {r['name']} (B={r['batch']}) | {impl} | {m['total']:.1f} | "
-                         f"{r['batch'] / m['total'] * 1e3:.0f} | {parts} |")
+            lines.append(
+                f"| {r['name']} (B={r['batch']}) | {impl} | {m['total']:.1f} | "
+                f"{r['batch'] / m['total'] * 1e3:.0f} | {parts} |"
+            )
     lines.append("")
     for r in results:
         med = {k: v["total"] for k, v in r["median"].items()}
         base = med["naive, default malloc"]
         if "ours, tuned malloc" in med:
-            head = (f"naive (default malloc) / ours (tuned malloc) = **{base / med['ours, tuned malloc']:.2f}x**; "
-                    f"same allocator: {base / med['ours, default malloc']:.2f}x (default), "
-                    f"{med['naive, tuned malloc'] / med['ours, tuned malloc']:.2f}x (tuned)")
+            head = (
+                f"naive (default malloc) / ours (tuned malloc) = **{base / med['ours, tuned malloc']:.2f}x**; "
+                f"same allocator: {base / med['ours, default malloc']:.2f}x (default), "
+                f"{med['naive, tuned malloc'] / med['ours, tuned malloc']:.2f}x (tuned)"
+            )
         else:
             head = f"naive/ours = **{base / med['ours, default malloc']:.2f}x**"
-        lines.append(f"- {r['name']}: {head}; max |difference| {r['max_diff']:.1e}; context "
-                     f"{r['context_len']} / target {r['target_len']} patches per image (step-0 masks).")
+        if "ours-bf16, tuned malloc" in med:
+            bf16 = med["ours-bf16, tuned malloc"]
+            head += f"; bf16 autocast (ours, tuned malloc, different rounding): {bf16:.0f} ms = {base / bf16:.2f}x"
+        lines.append(
+            f"- {r['name']}: {head}; max |difference| {r['max_diff']:.1e}; context "
+            f"{r['context_len']} / target {r['target_len']} patches per image (step-0 masks)."
+        )
     return "\n".join(lines) + "\n"
 
 

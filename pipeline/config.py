@@ -134,6 +134,9 @@ class TrainParams(_Section):
     num_workers: int = Field(2, ge=0)
     device: str = "auto"
     compile: bool = False
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="autocast dtype of the forward pass; auto: bf16 on CUDA, fp32 on CPU"
+    )
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     snapshots: int = Field(4, ge=0, description="intermediate encoder snapshots for accuracy-vs-time")
     log_every: int = Field(20, ge=1)
@@ -148,9 +151,10 @@ class EvalParams(_Section):
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 where the CPU/GPU has it")
     device: str = "auto"
     max_train: int | None = Field(10000, ge=1, description="train images per feature set (stratified; speed)")
-    snapshot_max_images: int | None = Field(2000, ge=1, description="images per split for snapshot probes")
+    snapshot_max_images: int | None = Field(1000, ge=1, description="images per split for snapshot probes")
     subset_seed: int = 0
-    c_grid: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
+    c_grid: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4])
+    c_patience: int | None = Field(1, ge=1, description="stop the C walk after this many C without val gain")
     lowshot_k: list[int] = Field(default_factory=lambda: [1, 5, 10, 25])
     lowshot_seeds: int = Field(5, ge=1)
     lowshot_percent: float | None = Field(1.0, gt=0.0, le=100.0)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import write_text_atomic
 from pipeline.config import RegisterParams
 from pipeline.registry_card import model_card
 from pipeline.registry_store import (
@@ -26,7 +27,6 @@ from pipeline.registry_store import (
     load_yaml,
     lock_outs,
     source_identity,
-    write_atomic,
 )
 
 ENTRY_FORMAT = "ijepa-registry-entry/1"
@@ -226,6 +226,6 @@ def register_model(
         raise GateFailed(checks)
     entry = build_entry(root, params, checks, params_path if params_path.is_absolute() else root / params_path)
     card = model_card(entry)
-    write_atomic(root / CARD, card)
-    write_atomic(root / ENTRY, json.dumps(entry, indent=2) + "\n")
+    write_text_atomic(root / CARD, card)
+    write_text_atomic(root / ENTRY, json.dumps(entry, indent=2) + "\n")
     return entry

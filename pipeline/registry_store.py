@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -69,17 +68,6 @@ def hash_stream(fh: IO[bytes]) -> FileHash:
 def hash_path(path: Path | str) -> FileHash:
     with open(path, "rb") as fh:
         return hash_stream(fh)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to a temp file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def git(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,20 @@ def fake_fmnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_project(tmp_path: Path, fake_fmnist: Path) -> Path:
     """A fresh git+DVC copy of the project with TINY params on the fake Fashion-MNIST."""
     return make_project(tmp_path / "project", fake_fmnist)
+
+
+@pytest.fixture(scope="session")
+def prefect_server():  # noqa: ANN201 - tests.prefect_server.PrefectServer
+    """One real `prefect server start` per test process (tests/prefect_server.py), stopped at exit."""
+    from tests.prefect_server import ensure_server
+
+    return ensure_server()
+
+
+@pytest.fixture
+def prefect_api(prefect_server) -> Iterator:  # noqa: ANN001
+    """Client settings of this process pointed at the test server (even if prefect was imported before)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}):
+        yield prefect_server

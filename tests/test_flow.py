@@ -10,28 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT, project_env
 from tests.mini_project import git_commit, make_mini_project, set_param
-from tests.prefect_server import PrefectServer, ensure_server
-
-
-@pytest.fixture(scope="session")
-def prefect_server() -> PrefectServer:
-    return ensure_server()
-
-
-@pytest.fixture
-def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
-    """Client settings of this process pointed at the test server (even if prefect was imported before)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}):
-        yield prefect_server
+from tests.prefect_server import PrefectServer
 
 
 def task_runs(client: object, flow_run_id: object) -> list:

@@ -7,7 +7,6 @@ one whose ancestors can all run: `shard` at least, the whole pipeline once every
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,7 @@ import yaml
 
 from pipeline.dag import StageSpec, ancestors, stages_from_yaml, topological_order
 from tests.conftest import set_params
-from tests.prefect_server import PrefectServer, ensure_server
-
-
-@pytest.fixture(scope="session")
-def prefect_server() -> PrefectServer:
-    return ensure_server()
-
-
-@pytest.fixture
-def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}):
-        yield prefect_server
+from tests.prefect_server import PrefectServer
 
 
 def deepest_runnable(project: Path, stages: list[StageSpec]) -> str:

@@ -99,6 +99,17 @@ def test_loss_target_definition_and_stats():
         model(x, m, loss="l1")
 
 
+def test_fused_and_explicit_attention_agree():
+    model = IJEPA(TINY)
+    x = torch.randn(2, 1, 16, 16)
+    m = _masks(TINY, 2)
+    fused, _ = model(x, m, stats=False)
+    model.use_fused_attention(False)
+    assert all(not b.attn.fused_attn for b in model.predictor.predictor_blocks)
+    explicit, _ = model(x, m, stats=False)
+    assert torch.allclose(fused, explicit, atol=1e-6)
+
+
 def test_loss_decreases_with_adamw():
     model = IJEPA(TINY)
     opt = torch.optim.AdamW(model.param_groups(0.04), lr=1e-3)

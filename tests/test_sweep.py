@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 
 from tests.conftest import ROOT, project_env
 from tests.mini_project import PARAMS, make_mini_project
-from tests.prefect_server import PrefectServer, ensure_server
-
-
-@pytest.fixture(scope="session")
-def prefect_server() -> PrefectServer:
-    return ensure_server()
-
-
-@pytest.fixture
-def prefect_api(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}):
-        yield prefect_server
+from tests.prefect_server import PrefectServer
 
 
 def exp_refs(project: Path) -> list[str]:

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 from webdataset import TarWriter
 
+from pipeline.atomic import write_json_atomic
 from pipeline.config import DataParams
 from pipeline.data.sources import SPLITS, CorruptImageError, SourceDataset, SourceItem
 
@@ -207,14 +208,6 @@ def shard_report(dataset: SourceDataset, result: ShardResult, manifest_path: Pat
     report["skipped_count"] = len(result.skipped)
     report["skipped"] = result.skipped
     return report
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temp file beside `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def shard_dataset(

@@ -21,8 +21,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from pipeline.atomic import write_json_atomic
 from pipeline.config import ParamsError, ValidateParams
-from pipeline.data.shards import write_json_atomic
 from pipeline.data.validation_checks import Check, build_checks
 from pipeline.data.validation_facts import Facts, ValidationInputError, collect_facts
 

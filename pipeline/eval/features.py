@@ -16,9 +16,10 @@ where `set` is `encoder`, `random_init`, `raw_pixels` or `snapshots/step{step:07
 split stores its rows in the shard (manifest) order; subsampled sets hold a subset of those rows.
 
 Extraction streams each split's shards once and runs every extractor on each batch, so decoding is
-paid once however many encoders are evaluated. `precision="bf16"` runs the encoder under bf16 autocast
-(pooled features are returned in float32): about 1.6x faster on CPUs with AVX512-BF16, relative
-feature error ~2e-3, no measurable probe difference (bench/eval.md).
+paid once however many encoders are evaluated; with a train cap only the kept samples are decoded.
+`precision="bf16"` runs the encoder under bf16 autocast (pooled features returned in float32): ~1.5x
+faster on an idle CPU with AVX512-BF16, relative feature error ~4e-4 (bench/eval.md); `auto` picks it
+where the hardware has native bf16.
 """
 
 from __future__ import annotations

@@ -88,6 +88,7 @@ def lowshot_eval(
     *,
     percent: float | None = None,
     percent_base: int | None = None,
+    patience: int | None = 1,
     max_iter: int = 300,
 ) -> dict[str, LowShotResult]:
     """Run every low-shot setting (module docstring); returns {setting name: LowShotResult}.
@@ -115,7 +116,7 @@ def lowshot_eval(
         res = LowShotResult(name, train_size=len(subsets[0]))
         for idx in subsets:
             sel = torch.from_numpy(idx)
-            model, _ = select_c(xtr[sel], ytr[sel], xva, yva, c_grid, num_classes, max_iter=max_iter)
+            model, _ = select_c(xtr[sel], ytr[sel], xva, yva, c_grid, num_classes, patience=patience, max_iter=max_iter)
             res.runs.append(topk_accuracy(model.logits(xte), yte))
             res.best_c.append(model.c)
         results[name] = res

@@ -21,13 +21,13 @@ and `reports/plots/lowshot.csv` (k, encoder, random_init, raw_pixels: mean test 
 
 from __future__ import annotations
 
-import csv
-import os
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.config import EvalParams
+from pipeline.atomic import write_csv_atomic, write_json_atomic
+from pipeline.config import EvalParams, ParamsError, load_section
 from pipeline.eval.baselines import BASELINES, ENCODER, SETS, Metrics, compare, evaluate_sets
 from pipeline.eval.features import FeatureSet, load_features, read_index
 from pipeline.eval.knn import knn_accuracy
@@ -44,9 +44,10 @@ def _r(x: float) -> float:
 
 def linear_metrics(splits: dict[str, FeatureSet], params: EvalParams) -> Metrics:
     """Linear probe + weighted kNN on one feature set, as flat keys."""
-    probe = linear_probe(splits["train"], splits["val"], splits["test"], params.c_grid)
+    probe = linear_probe(splits["train"], splits["val"], splits["test"], params.c_grid, patience=params.c_patience)
     if probe.best_c_at_edge and len(set(probe.val_by_c.values())) > 1:
-        print(f"note: best C {probe.best_c:g} is at the edge of eval.c_grid (val top-1 by C: {probe.val_by_c})")
+        by_c = ", ".join(f"{c:g}: {a:.4f}" for c, a in probe.val_by_c.items())
+        print(f"note: best C {probe.best_c:g} is at the edge of eval.c_grid (val top-1 by C: {by_c})")
     out: Metrics = {
         "linear.val_top1": _r(probe.val_top1),
         "linear.test_top1": _r(probe.test_top1),
@@ -75,7 +76,7 @@ def step_curve(features_root: Path | str, params: EvalParams) -> list[dict]:
     points = [p for p in points if p[0] != final_step] + [(final_step, final)]
     rows = []
     for step, splits in sorted(points, key=lambda p: p[0]):
-        probe = linear_probe(splits["train"], splits["val"], splits["test"], params.c_grid)
+        probe = linear_probe(splits["train"], splits["val"], splits["test"], params.c_grid, patience=params.c_patience)
         rows.append({"step": step, "linear_test_top1": _r(probe.test_top1), "linear_val_top1": _r(probe.val_top1)})
     return rows
 
@@ -104,7 +105,7 @@ def lowshot_metrics(splits: dict[str, FeatureSet], params: EvalParams, train_spl
     """Every low-shot setting on one feature set, as flat keys (percent of `train_split_size` labels)."""
     results = lowshot_eval(
         splits["train"], splits["val"], splits["test"], params.lowshot_k, params.lowshot_seeds, params.c_grid,
-        percent=params.lowshot_percent, percent_base=train_split_size,
+        percent=params.lowshot_percent, percent_base=train_split_size, patience=params.c_patience,
     )  # fmt: skip
     out: Metrics = {}
     for name, res in results.items():
@@ -125,13 +126,23 @@ def lowshot_report(features_root: Path | str, params: EvalParams) -> tuple[Metri
     return {**report, "wall_s": round(time.perf_counter() - start, 2)}, rows
 
 
-def write_csv_atomic(path: Path | str, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    """Write rows as CSV with a header to a temp file beside `path`, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(columns), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+def run_report_stage(
+    stage: str,
+    make: Callable[[Path, EvalParams], tuple[Metrics, list[dict]]],
+    features_root: Path,
+    report_path: Path,
+    plot_path: Path,
+    columns: list[str],
+    params_path: str = "params.yaml",
+) -> tuple[Metrics, list[dict]] | None:
+    """What both eval stages do: read params `eval`, build the report from the feature cache, write the
+    JSON report and the plot CSV atomically. Bad params or a missing cache print `<stage>: error: …`
+    to stderr and return None (nothing is written)."""
+    try:
+        report, rows = make(features_root, load_section("eval", params_path, EvalParams))
+    except (ParamsError, FileNotFoundError, ValueError) as exc:
+        print(f"{stage}: error: {exc}", file=sys.stderr)
+        return None
+    write_json_atomic(report_path, report)
+    write_csv_atomic(plot_path, rows, columns)
+    return report, rows

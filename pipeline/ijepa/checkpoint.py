@@ -91,8 +91,11 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def param_diff(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Human-readable `key: checkpoint X, now Y` lines for every differing (flattened) key."""
     a, b = _flatten(json.loads(json.dumps(saved, default=str))), _flatten(json.loads(json.dumps(current, default=str)))
-    return [f"{k}: checkpoint {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+    return [
+        f"{k}: checkpoint {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "<absent>") != b.get(k, "<absent>")
+    ]
 
 
 def incompatibility(path: Path, state: dict[str, Any], identity: dict[str, Any]) -> str | None:
@@ -100,8 +103,7 @@ def incompatibility(path: Path, state: dict[str, Any], identity: dict[str, Any])
     if state.get("fingerprint") == fingerprint(identity):
         return None
     diff = param_diff(state.get("identity", {}), identity) or ["(fingerprint differs)"]
-    return (f"{path}: checkpoint was written by a run with different params/architecture/data:\n  "
-            + "\n  ".join(diff))
+    return f"{path}: checkpoint was written by a run with different params/architecture/data:\n  " + "\n  ".join(diff)
 
 
 def clear_directory(directory: Path) -> None:
@@ -120,8 +122,13 @@ def rng_state() -> dict[str, Any]:
     np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "numpy": {
+            "name": np_name,
+            "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "gauss": float(np_gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():

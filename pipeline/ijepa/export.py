@@ -27,20 +27,36 @@ FORMAT = "ijepa-encoder/1"
 _ENCODER_ARGS = ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
 
 
-def encoder_meta(model_params: ModelParams, normalization: Mapping[str, Any], step: int = 0,
-                 epoch: int = 0) -> dict[str, Any]:
+def encoder_meta(
+    model_params: ModelParams, normalization: Mapping[str, Any], step: int = 0, epoch: int = 0
+) -> dict[str, Any]:
     """The `.json` record of an encoder: format, timm kwargs, grid, input normalisation, step, epoch."""
     p = model_params
-    kwargs = {"img_size": p.img_size, "patch_size": p.patch_size, "in_chans": p.in_chans,
-              "embed_dim": p.embed_dim, "depth": p.depth, "num_heads": p.num_heads,
-              "mlp_ratio": float(p.mlp_ratio), "qkv_bias": True, "class_token": False,
-              "global_pool": "avg", "fc_norm": False, "num_classes": 0}
+    kwargs = {
+        "img_size": p.img_size,
+        "patch_size": p.patch_size,
+        "in_chans": p.in_chans,
+        "embed_dim": p.embed_dim,
+        "depth": p.depth,
+        "num_heads": p.num_heads,
+        "mlp_ratio": float(p.mlp_ratio),
+        "qkv_bias": True,
+        "class_token": False,
+        "global_pool": "avg",
+        "fc_norm": False,
+        "num_classes": 0,
+    }
     mean, std = list(normalization["mean"]), list(normalization["std"])
     if len(mean) != p.in_chans or len(std) != p.in_chans:
         raise ValueError(f"normalization has {len(mean)} means / {len(std)} stds for {p.in_chans} channels")
-    return {"format": FORMAT, "timm_kwargs": kwargs, "grid": list(p.grid),
-            "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
-            "step": int(step), "epoch": int(epoch)}
+    return {
+        "format": FORMAT,
+        "timm_kwargs": kwargs,
+        "grid": list(p.grid),
+        "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
+        "step": int(step),
+        "epoch": int(epoch),
+    }
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:

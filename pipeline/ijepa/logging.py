@@ -68,8 +68,15 @@ class RunLogger:
         for row in self.history:  # replay what earlier attempts of this run logged
             self._write(row)
         tty = sys.stderr.isatty()
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step",
-                        dynamic_ncols=True, mininterval=0.5 if tty else 30.0, file=sys.stderr)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc="pretrain",
+            unit="step",
+            dynamic_ncols=True,
+            mininterval=0.5 if tty else 30.0,
+            file=sys.stderr,
+        )
 
     def _write(self, row: dict[str, Any]) -> None:
         assert self.live is not None
@@ -87,8 +94,9 @@ class RunLogger:
         self.history.append(row)
         self._write(row)
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}",
-                                 img_s=f"{row.get('images_per_s', 0.0):.0f}", refresh=False)
+            self.bar.set_postfix(
+                loss=f"{row.get('loss', float('nan')):.4f}", img_s=f"{row.get('images_per_s', 0.0):.0f}", refresh=False
+            )
 
     def advance(self, n: int = 1) -> None:
         if self.bar is not None:

@@ -109,8 +109,9 @@ class MultiBlockMaskCollator:
     def _rng(self, step: int) -> np.random.Generator:
         return np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, int(step)])))
 
-    def _block_size(self, rng: np.random.Generator, scale: tuple[float, float],
-                    aspect: tuple[float, float]) -> tuple[int, int]:
+    def _block_size(
+        self, rng: np.random.Generator, scale: tuple[float, float], aspect: tuple[float, float]
+    ) -> tuple[int, int]:
         u_scale = rng.random()
         u_aspect = u_scale if self.compat else rng.random()  # compat: one shared uniform
         s = scale[0] + u_scale * (scale[1] - scale[0])

@@ -51,8 +51,9 @@ def sincos_pos_embed(embed_dim: int, grid: tuple[int, int]) -> torch.Tensor:
         out = pos.flatten()[:, None] * omega[None, :]
         return torch.cat([out.sin(), out.cos()], dim=1)
 
-    rows, cols = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
     return torch.cat([one_d(cols), one_d(rows)], dim=1).float().unsqueeze(0)
 
 
@@ -77,8 +78,7 @@ def rescale_blocks(blocks: nn.Sequential) -> None:
 
 
 def _blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.Sequential:
-    return nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
-                           for _ in range(depth)])
+    return nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm) for _ in range(depth)])
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -93,13 +93,27 @@ class VisionTransformerEncoder(nn.Module):
     """ViT without class token; state dict == timm VisionTransformer(class_token=False, global_pool='avg',
     fc_norm=False, num_classes=0). `forward(x, keep)` encodes only the kept patches (pos added first)."""
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, depth: int,
-                 num_heads: int, mlp_ratio: float = 4.0) -> None:
+    def __init__(
+        self,
+        img_size: int,
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+    ) -> None:
         super().__init__()
-        self._kwargs = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-                            depth=depth, num_heads=num_heads, mlp_ratio=float(mlp_ratio))
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                      embed_dim=embed_dim)
+        self._kwargs = dict(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            mlp_ratio=float(mlp_ratio),
+        )
+        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
         self.grid = tuple(self.patch_embed.grid_size)
         self.num_patches = self.patch_embed.num_patches
         self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, self.grid), requires_grad=False)
@@ -110,8 +124,14 @@ class VisionTransformerEncoder(nn.Module):
 
     def timm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the timm VisionTransformer that this state dict loads into."""
-        return {**self._kwargs, "qkv_bias": True, "class_token": False, "global_pool": "avg",
-                "fc_norm": False, "num_classes": 0}
+        return {
+            **self._kwargs,
+            "qkv_bias": True,
+            "class_token": False,
+            "global_pool": "avg",
+            "fc_norm": False,
+            "num_classes": 0,
+        }
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         x = self.patch_embed(x) + self.pos_embed
@@ -128,8 +148,16 @@ class Predictor(nn.Module):
     context outputs of the last block are never used), which is the same math with less work.
     """
 
-    def __init__(self, num_patches: int, embed_dim: int, pred_embed_dim: int, depth: int, num_heads: int,
-                 mlp_ratio: float = 4.0, grid: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        num_patches: int,
+        embed_dim: int,
+        pred_embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        grid: tuple[int, int] | None = None,
+    ) -> None:
         super().__init__()
         side = int(round(math.sqrt(num_patches)))
         grid = grid or (side, side)
@@ -208,12 +236,20 @@ class IJEPA(nn.Module):
         super().__init__()
         p = model_params
         self.params = p
-        self.context_encoder = VisionTransformerEncoder(p.img_size, p.patch_size, p.in_chans, p.embed_dim,
-                                                        p.depth, p.num_heads, p.mlp_ratio)
+        self.context_encoder = VisionTransformerEncoder(
+            p.img_size, p.patch_size, p.in_chans, p.embed_dim, p.depth, p.num_heads, p.mlp_ratio
+        )
         self.target_encoder = copy.deepcopy(self.context_encoder)
         self.target_encoder.requires_grad_(False)
-        self.predictor = Predictor(self.context_encoder.num_patches, p.embed_dim, p.pred_embed_dim,
-                                   p.pred_depth, p.pred_num_heads, p.mlp_ratio, grid=self.context_encoder.grid)
+        self.predictor = Predictor(
+            self.context_encoder.num_patches,
+            p.embed_dim,
+            p.pred_embed_dim,
+            p.pred_depth,
+            p.pred_num_heads,
+            p.mlp_ratio,
+            grid=self.context_encoder.grid,
+        )
         self._ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     @torch.no_grad()
@@ -228,8 +264,9 @@ class IJEPA(nn.Module):
         z = self.context_encoder(images, keep=masks.context)
         return self.predictor(z, masks.context, masks.targets)
 
-    def forward(self, images: torch.Tensor, masks: Masks, loss: str = "smooth_l1",
-                stats: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, images: torch.Tensor, masks: Masks, loss: str = "smooth_l1", stats: bool = True
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss averaged over all target patches and blocks. `stats=False` skips the monitors."""
         h, target = self.target_representations(images, masks)
         pred = self.predict(images, masks)
@@ -247,6 +284,14 @@ class IJEPA(nn.Module):
                     "target_len": float(masks.targets.shape[2]),
                 }
         return value, out
+
+    def use_fused_attention(self, enabled: bool) -> None:
+        """Switch every block between F.scaled_dot_product_attention (GPU: use it) and timm's explicit
+        softmax(q k^T) v (same formula; on CPU faster for these small heads, ~10 % per step for the
+        default model, mostly in backward)."""
+        for module in self.modules():
+            if hasattr(module, "fused_attn"):
+                module.fused_attn = enabled
 
     @torch.no_grad()
     def ema_update(self, momentum: float) -> None:
@@ -273,8 +318,13 @@ class IJEPA(nn.Module):
             for name, p in module.named_parameters():
                 if not p.requires_grad:
                     continue
-                if p.ndim < 2 or name.endswith(".bias") or "norm" in name or "mask_token" in name \
-                        or "pos_embed" in name:
+                if (
+                    p.ndim < 2
+                    or name.endswith(".bias")
+                    or "norm" in name
+                    or "mask_token" in name
+                    or "pos_embed" in name
+                ):
                     no_decay.append(p)
                 else:
                     decay.append(p)

@@ -52,8 +52,7 @@ def preset_overrides(preset: Path | str, params: Path | str = "params.yaml") -> 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m pipeline.ijepa.presets PRESET.yaml  (prints dvc exp run -S arguments)",
-              file=sys.stderr)
+        print("usage: python -m pipeline.ijepa.presets PRESET.yaml  (prints dvc exp run -S arguments)", file=sys.stderr)
         return 2
     try:
         print(" ".join(f"-S {o}" for o in preset_overrides(argv[0])))
