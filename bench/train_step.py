@@ -261,7 +261,9 @@ def render(results: list[dict[str, object]], steps: int, load: tuple[str, str] =
         "(`use_fused_attention(False)`: faster than SDPA on this CPU for these head sizes). "
         "`tuned malloc` = after `pipeline.ijepa.model.tune_cpu_allocator()` (glibc keeps freed "
         "activation pages; no page faults per step). Same weights and masks; the max |difference| of "
-        "loss and predictions between naive and ours (fp32) is reported; `ours-bf16` is ours under CPU bf16 autocast (`train.precision: bf16`), a different rounding, so it is an extra row, not the comparison. Load average (1/5/15 min) at start "
+        "loss and predictions between naive and ours (fp32) is reported; `ours-bf16` is ours under CPU "
+        "bf16 autocast (`train.precision: bf16`), a different rounding, so it is an extra row, not the "
+        "comparison. Load average (1/5/15 min) at start "
         f"{load[0]}, at end {load[1]}.",
         "",
         "| config | impl | ms/step | images/s | " + " | ".join(PARTS) + " |",

@@ -100,6 +100,15 @@ class CommandResult:
     stopped: bool = False  # killed because `stop()` said so (pruning)
 
 
+# `python -m dvc`, but with SIGINT handled first: a child inherits an *ignored* SIGINT (jobs started
+# with `&` from a non-interactive shell; a process in which DVC's in-process stage runner left SIGINT
+# ignored), and then `_kill`'s SIGINT would do nothing for its whole grace period.
+_DVC_MAIN = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from dvc.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
 def _reader(stream: Any, name: str, out: queue.Queue) -> None:
     for raw in iter(stream.readline, ""):
         for part in raw.rstrip("\n").split("\r"):  # progress bars redraw with \r
@@ -132,7 +141,7 @@ def run_dvc(
     poll_s: float = 1.0,
 ) -> CommandResult:
     """Run `python -m dvc ARGS` in `cwd`, streaming its lines; kill it on timeout or when `stop()` is true."""
-    cmd = [sys.executable, "-m", "dvc", *args]
+    cmd = [sys.executable, "-c", _DVC_MAIN, *args]
     start = time.monotonic()
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
