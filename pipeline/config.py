@@ -148,12 +148,12 @@ class EvalParams(_Section):
 
     last_layers: int = Field(1, ge=1, description="1: last layer pool; 4: concat of last 4 layers' pools")
     batch_size: int = Field(512, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 where the CPU/GPU has it")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on CUDA, fp32 on CPU")
     device: str = "auto"
     max_train: int | None = Field(10000, ge=1, description="train images per feature set (stratified; speed)")
     snapshot_max_images: int | None = Field(1000, ge=1, description="images per split for snapshot probes")
     subset_seed: int = 0
-    c_grid: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4])
+    c_grid: list[float] = Field(default_factory=lambda: [1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6])
     c_patience: int | None = Field(1, ge=1, description="stop the C walk after this many C without val gain")
     lowshot_k: list[int] = Field(default_factory=lambda: [1, 5, 10, 25])
     lowshot_seeds: int = Field(5, ge=1)

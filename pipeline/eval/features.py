@@ -106,16 +106,15 @@ class Extractor:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` → bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32."""
+    """`auto` → bf16 on CUDA, fp32 on CPU.
+
+    Not bf16 on CPU even where it is native (AVX512-BF16 / AMX, ~1.5x faster): measured on the default
+    Fashion-MNIST run, bf16 rounding of the features cost the random-init baseline 2.4 points of linear
+    top-1 (79.9 → 77.5 %) and the trained encoder 0.7 (81.1 → 80.4 %), because the weakly regularised
+    probe reads low-variance feature directions; that would overstate the encoder's margin."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "fp32"
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+    return "bf16" if device.type == "cuda" else "fp32"
 
 
 def resolve_device(device: str) -> torch.device:
