@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,3 +204,24 @@ def test_random_encoder_is_seeded():
     assert not torch.equal(sa["blocks.0.attn.qkv.weight"], sc["blocks.0.attn.qkv.weight"])
     assert torch.equal(sa["pos_embed"], sc["pos_embed"])  # fixed sin-cos
     assert not a.training
+
+
+def test_saved_encoder_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
+    """Same weights + meta -> same file bytes in every process (DVC hashes them)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch; from pipeline.config import ModelParams; "
+        "from pipeline.ijepa.model import IJEPA; from pipeline.ijepa.export import encoder_meta, save_encoder; "
+        "torch.manual_seed(0); p = ModelParams(embed_dim=32, depth=1, num_heads=2, pred_embed_dim=16, pred_depth=1, "
+        "pred_num_heads=2); m = IJEPA(p); "
+        "save_encoder(m.target_encoder, sys.argv[1], encoder_meta(p, {'mean': [0.5], 'std': [0.25]}))"
+    )
+    digests = set()
+    for i in range(6):  # the old two-key metadata differed between processes with probability 1/2 per pair
+        out = tmp_path / f"enc{i}.safetensors"
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=Path(__file__).resolve().parents[1])
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1

@@ -77,7 +77,9 @@ def save_encoder(encoder: nn.Module, path_safetensors: str | Path, meta: Mapping
     tmp_w = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
     tmp_m = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
     try:
-        save_file(state, str(tmp_w), metadata={"format": FORMAT, "meta": text})
+        # one metadata key: safetensors writes the metadata map in hash order (random per process), so
+        # two keys made the file bytes, and DVC's hash of them, differ between identical runs
+        save_file(state, str(tmp_w), metadata={"meta": text})
         tmp_m.write_text(text + "\n")
         os.replace(tmp_w, weights)
         os.replace(tmp_m, meta_path)
