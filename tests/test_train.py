@@ -20,7 +20,8 @@ from webdataset import TarWriter
 from pipeline.config import MaskParams, ModelParams, TrainParams
 from pipeline.ijepa.checkpoint import CheckpointError, list_checkpoints
 from pipeline.ijepa.distributed import Dist
-from pipeline.ijepa.train import RunPaths, build, count_samples, pretrain, read_normalization, train_step
+from pipeline.ijepa.run_inputs import count_samples, read_normalization
+from pipeline.ijepa.train import RunPaths, build, pretrain, train_step
 from tests.fakes import class_images
 
 ROOT = Path(__file__).resolve().parents[1]

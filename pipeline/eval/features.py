@@ -19,7 +19,7 @@ Extraction streams each split's shards once and runs every extractor on each bat
 paid once however many encoders are evaluated; with a train cap only the kept samples are decoded.
 `precision="bf16"` runs the encoder under bf16 autocast (pooled features returned in float32): ~1.5x
 faster on an idle CPU with AVX512-BF16, relative feature error ~4e-4 (bench/eval.md); `auto` picks it
-where the hardware has native bf16.
+on CUDA only (see `resolve_precision`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import webdataset as wds
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.data.loader import decode_sample, eval_loader, list_shards
+from pipeline.data.loader import decode_sample, default_collate, eval_loader, list_shards
 from pipeline.data.shards import read_manifest
 from pipeline.data.sources import stratified_split
 from pipeline.ijepa.export import load_encoder, random_encoder
@@ -219,18 +219,10 @@ def split_batches(
     for sample in samples:
         buf.append(sample)
         if len(buf) == batch_size:
-            yield (
-                torch.stack([b[0] for b in buf]).float().div_(255.0),
-                torch.tensor([b[1] for b in buf]),
-                [b[2] for b in buf],
-            )
+            yield (*default_collate(buf), [b[2] for b in buf])
             buf = []
     if buf:
-        yield (
-            torch.stack([b[0] for b in buf]).float().div_(255.0),
-            torch.tensor([b[1] for b in buf]),
-            [b[2] for b in buf],
-        )
+        yield (*default_collate(buf), [b[2] for b in buf])
 
 
 def feature_path(root: Path, set_name: str, split: str) -> Path:

@@ -12,10 +12,8 @@ uninterrupted one. `epoch` in logs/reports is the logical epoch `step // steps_p
 
 from __future__ import annotations
 
-import json
 import resource
 import shutil
-import tarfile
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -27,7 +25,7 @@ import torch
 
 from pipeline.atomic import write_json_atomic
 from pipeline.config import MaskParams, ModelParams, TrainParams
-from pipeline.data.loader import list_shards, train_loader
+from pipeline.data.loader import train_loader
 from pipeline.ijepa import checkpoint as ckpt
 from pipeline.ijepa.augment import BatchTransform
 from pipeline.ijepa.distributed import Dist, init_distributed, resolve_device
@@ -35,10 +33,8 @@ from pipeline.ijepa.export import encoder_meta, save_encoder
 from pipeline.ijepa.logging import Meter, RunLogger
 from pipeline.ijepa.masks import MultiBlockMaskCollator
 from pipeline.ijepa.model import IJEPA, tune_cpu_allocator
+from pipeline.ijepa.run_inputs import count_samples, read_normalization, run_identity
 from pipeline.ijepa.schedules import Schedules, ScheduleValues
-
-# train keys that do not change what is computed: excluded from the resume fingerprint
-VOLATILE_TRAIN_KEYS = {"log_every", "checkpoint_every", "resume", "compile", "device"}
 
 
 @dataclass(frozen=True)
@@ -102,40 +98,6 @@ class Trainer:
     device: torch.device
     dist: Dist
     steps_per_epoch: int
-
-
-def read_normalization(path: Path) -> dict[str, list[float]]:
-    """`normalization` of reports/validation.json; a clear error when the file or key is missing."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the `validate` stage first (`dvc repro validate`)")
-    norm = json.loads(path.read_text()).get("normalization")
-    if not isinstance(norm, dict) or not norm.get("mean") or not norm.get("std"):
-        raise KeyError(f"{path} has no usable `normalization` {{'mean': [...], 'std': [...]}} (got {norm!r})")
-    return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
-
-
-def count_samples(shard_dir: Path) -> int:
-    """Number of samples (`.cls` members) in the tar shards of one split."""
-    total = 0
-    for url in list_shards(shard_dir):
-        with tarfile.open(url) as tar:
-            total += sum(1 for m in tar if m.name.endswith(".cls"))
-    return total
-
-
-def run_identity(
-    model_p: ModelParams, mask_p: MaskParams, train_p: TrainParams, norm: dict, shards: Path, world: int
-) -> dict[str, Any]:
-    """What defines a run: checkpoints of another identity cannot be resumed."""
-    train = {k: v for k, v in train_p.model_dump(mode="json").items() if k not in VOLATILE_TRAIN_KEYS}
-    files = [[Path(u).name, Path(u).stat().st_size] for u in list_shards(shards)]
-    return {
-        "model": model_p.model_dump(mode="json"),
-        "mask": mask_p.model_dump(mode="json"),
-        "train": train,
-        "data": {"shards": files, "normalization": norm},
-        "world_size": world,
-    }
 
 
 def build(

@@ -1,0 +1,50 @@
+"""What a pretraining run reads besides its params: the input normalisation from the `validate`
+report, the number of training samples in the shards, and the run identity (params + data
+fingerprint) that decides whether a checkpoint may be resumed."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import MaskParams, ModelParams, TrainParams
+from pipeline.data.loader import list_shards
+
+# train keys that do not change what is computed: excluded from the resume fingerprint
+VOLATILE_TRAIN_KEYS = {"log_every", "checkpoint_every", "resume", "compile", "device"}
+
+
+def read_normalization(path: Path) -> dict[str, list[float]]:
+    """`normalization` of reports/validation.json; a clear error when the file or key is missing."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the `validate` stage first (`dvc repro validate`)")
+    norm = json.loads(path.read_text()).get("normalization")
+    if not isinstance(norm, dict) or not norm.get("mean") or not norm.get("std"):
+        raise KeyError(f"{path} has no usable `normalization` {{'mean': [...], 'std': [...]}} (got {norm!r})")
+    return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
+
+
+def count_samples(shard_dir: Path) -> int:
+    """Number of samples (`.cls` members) in the tar shards of one split."""
+    total = 0
+    for url in list_shards(shard_dir):
+        with tarfile.open(url) as tar:
+            total += sum(1 for m in tar if m.name.endswith(".cls"))
+    return total
+
+
+def run_identity(
+    model_p: ModelParams, mask_p: MaskParams, train_p: TrainParams, norm: dict, shards: Path, world: int
+) -> dict[str, Any]:
+    """What defines a run: checkpoints of another identity cannot be resumed."""
+    train = {k: v for k, v in train_p.model_dump(mode="json").items() if k not in VOLATILE_TRAIN_KEYS}
+    files = [[Path(u).name, Path(u).stat().st_size] for u in list_shards(shards)]
+    return {
+        "model": model_p.model_dump(mode="json"),
+        "mask": mask_p.model_dump(mode="json"),
+        "train": train,
+        "data": {"shards": files, "normalization": norm},
+        "world_size": world,
+    }
