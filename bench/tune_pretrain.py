@@ -30,6 +30,43 @@ def section(name: str, cls: type, overrides: dict) -> object:
     return cls(**{**base, **overrides.get(name, {})})
 
 
+def probe_encoder(encoder: Path, features_dir: Path, ev: EvalParams, snapshots_dir: Path | None = None) -> dict:
+    """The `features` extraction plus the stages' linear and 10-shot probes, encoder vs random init
+    (and the linear probe of each snapshot, when `snapshots_dir` holds an index)."""
+    build_cache(
+        encoder,
+        "data/shards",
+        features_dir,
+        manifest="data/manifest.csv",
+        snapshots_dir=snapshots_dir,
+        last_layers=ev.last_layers,
+        max_train=ev.max_train,
+        snapshot_max_images=ev.snapshot_max_images,
+        subset_seed=ev.subset_seed,
+        precision=ev.precision,
+    )
+    row: dict = {}
+    for set_name in ("encoder", "random_init"):
+        s = load_features(features_dir, set_name)
+        probe = linear_probe(s["train"], s["val"], s["test"], ev.c_grid, patience=ev.c_patience)
+        low = lowshot_eval(
+            s["train"], s["val"], s["test"], [10], ev.lowshot_seeds, ev.c_grid, percent=None, patience=ev.c_patience
+        )
+        row[set_name] = {
+            "val": round(probe.val_top1, 4),
+            "test": round(probe.test_top1, 4),
+            "best_c": probe.best_c,
+            "k10": round(low["k10"].mean, 4),
+        }
+    snap_index = snapshots_dir / "index.json" if snapshots_dir is not None else None
+    snaps = json.loads(snap_index.read_text()) if snap_index is not None and snap_index.is_file() else []
+    for snap in snaps:
+        s = load_features(features_dir, snapshot_set(int(snap["step"])))
+        probe = linear_probe(s["train"], s["val"], s["test"], ev.c_grid, patience=ev.c_patience)
+        row.setdefault("snapshots", {})[int(snap["step"])] = round(probe.test_top1, 4)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
@@ -56,19 +93,6 @@ def main() -> None:
         tune_allocator=True,
     )  # type: ignore[arg-type]
     assert report is not None
-    ev: EvalParams = section("eval", EvalParams, over)  # type: ignore[assignment]
-    build_cache(
-        paths.encoder,
-        "data/shards",
-        run_dir / "features",
-        manifest="data/manifest.csv",
-        snapshots_dir=paths.snapshots,
-        last_layers=ev.last_layers,
-        max_train=ev.max_train,
-        snapshot_max_images=ev.snapshot_max_images,
-        subset_seed=ev.subset_seed,
-        precision=ev.precision,
-    )
     row: dict = {
         "name": args.name,
         "overrides": over,
@@ -76,24 +100,8 @@ def main() -> None:
         "final_loss": round(report["final_loss"], 5),
         "images_per_s": round(report["images_per_s"], 1),
     }
-    for set_name in ("encoder", "random_init"):
-        s = load_features(run_dir / "features", set_name)
-        probe = linear_probe(s["train"], s["val"], s["test"], ev.c_grid, patience=ev.c_patience)
-        low = lowshot_eval(
-            s["train"], s["val"], s["test"], [10], ev.lowshot_seeds, ev.c_grid, percent=None, patience=ev.c_patience
-        )
-        row[set_name] = {
-            "val": round(probe.val_top1, 4),
-            "test": round(probe.test_top1, 4),
-            "best_c": probe.best_c,
-            "k10": round(low["k10"].mean, 4),
-        }
-    snap_index = paths.snapshots / "index.json"
-    snaps = json.loads(snap_index.read_text()) if snap_index.is_file() else []
-    for snap in snaps:
-        s = load_features(run_dir / "features", snapshot_set(int(snap["step"])))
-        probe = linear_probe(s["train"], s["val"], s["test"], ev.c_grid, patience=ev.c_patience)
-        row.setdefault("snapshots", {})[int(snap["step"])] = round(probe.test_top1, 4)
+    ev: EvalParams = section("eval", EvalParams, over)  # type: ignore[assignment]
+    row.update(probe_encoder(paths.encoder, run_dir / "features", ev, paths.snapshots))
     row["total_s"] = round(time.perf_counter() - start, 1)
     with open(Path(args.out) / "results.jsonl", "a") as fh:
         fh.write(json.dumps(row) + "\n")

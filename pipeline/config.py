@@ -167,12 +167,14 @@ class RegisterParams(_Section):
     """`register`: the quality gate and the artifact's identity (pipeline/registry.py).
 
     The gate compares `metric` (a key of reports/eval_linear.json, a fraction in [0, 1]) with
-    `min_linear_top1`, and its margin over each baseline (`baseline.random.<metric>`,
-    `baseline.raw.<metric>`) with the minimum margins; a `None` threshold is not checked.
+    `min_linear_top1`, and the margin of `margin_metric` (a key of eval_linear.json or
+    eval_lowshot.json; `None` = `metric`) over each baseline (`baseline.random.<margin_metric>`,
+    `baseline.raw.<margin_metric>`) with the minimum margins; a `None` threshold is not checked.
     """
 
     artifact: str = Field("ijepa-encoder", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
     metric: str = "linear.test_top1"
+    margin_metric: str | None = None
     min_linear_top1: float = Field(0.0, ge=0.0, le=1.0)
     min_margin_over_random: float | None = 0.0
     min_margin_over_raw: float | None = None

@@ -84,10 +84,11 @@ def _number(report: dict, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def evaluate_gate(params: RegisterParams, linear: dict, validation: dict | None) -> list[GateCheck]:
-    """Every configured threshold against the reports (a missing metric fails its check)."""
+def evaluate_gate(params: RegisterParams, metrics: dict, validation: dict | None) -> list[GateCheck]:
+    """Every configured threshold against the eval reports' keys (`metrics`: eval_linear.json and
+    eval_lowshot.json merged); a missing metric fails its check."""
     metric = params.metric
-    value = _number(linear, metric)
+    value = _number(metrics, metric)
     checks = [
         GateCheck(
             metric,
@@ -97,18 +98,20 @@ def evaluate_gate(params: RegisterParams, linear: dict, validation: dict | None)
             "register.min_linear_top1",
         )
     ]
+    margin_metric = params.margin_metric or metric
+    margin_value = _number(metrics, margin_metric)
     for name, label, minimum in (
         ("random", "random-init", params.min_margin_over_random),
         ("raw", "raw pixels", params.min_margin_over_raw),
     ):
         if minimum is None:
             continue
-        base = _number(linear, f"baseline.{name}.{metric}")
-        margin = None if value is None or base is None else round(value - base, 6)
+        base = _number(metrics, f"baseline.{name}.{margin_metric}")
+        margin = None if margin_value is None or base is None else round(margin_value - base, 6)
         passed = margin is not None and margin >= minimum
         checks.append(
             GateCheck(
-                f"margin of {metric} over {label} (baseline.{name}.{metric})",
+                f"margin of {margin_metric} over {label} (baseline.{name}.{margin_metric})",
                 margin,
                 minimum,
                 passed,
@@ -219,9 +222,10 @@ def register_model(
     for rel in (ENCODER, ENCODER_META):
         if not (root / rel).is_file():
             raise RegistryInputError(f"{rel}: not found (run the pretrain stage first: dvc repro pretrain)")
-    linear = _read_json(root, REPORTS["eval_linear"]) or {}
+    linear, lowshot = (_read_json(root, REPORTS[name]) or {} for name in ("eval_linear", "eval_lowshot"))
+    metrics = {**linear, **lowshot}
     validation = _read_json(root, REPORTS["validation"], required=params.require_validation)
-    checks = evaluate_gate(params, linear, validation)
+    checks = evaluate_gate(params, metrics, validation)
     if params.enforce_gate and not all(c.passed for c in checks):
         raise GateFailed(checks)
     entry = build_entry(root, params, checks, params_path if params_path.is_absolute() else root / params_path)

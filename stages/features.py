@@ -2,7 +2,9 @@
 
 Reads params `eval` (last_layers, batch_size, precision, device, max_train, snapshot_max_images,
 subset_seed, random_init_seed), models/encoder.{safetensors,json}, models/snapshots/, data/shards and
-data/manifest.csv; writes data/features/ (layout: pipeline/eval/features.py), swapped in atomically.
+data/manifest.csv; writes data/features/ (layout: pipeline/eval/features.py), swapped in atomically,
+and reports/features.json (what was extracted, wall time, encoder images/s; a DVC metric kept out of
+the cache so a re-extraction with the same inputs leaves data/features byte-identical).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from pipeline.atomic import write_json_atomic
 from pipeline.config import ParamsError, load_section
 from pipeline.eval.features import build_cache
 
@@ -18,12 +21,13 @@ SNAPSHOTS = Path("models/snapshots")
 SHARDS = Path("data/shards")
 MANIFEST = Path("data/manifest.csv")
 OUT = Path("data/features")
+REPORT = Path("reports/features.json")
 
 
 def main(params_path: str = "params.yaml") -> int:
     try:
         p = load_section("eval", params_path)
-        index = build_cache(
+        index, timing = build_cache(
             ENCODER, SHARDS, OUT, manifest=MANIFEST, snapshots_dir=SNAPSHOTS, last_layers=p.last_layers,
             batch_size=p.batch_size, random_init_seed=p.random_init_seed, max_train=p.max_train,
             snapshot_max_images=p.snapshot_max_images, subset_seed=p.subset_seed, precision=p.precision,
@@ -33,10 +37,20 @@ def main(params_path: str = "params.yaml") -> int:
         print(f"features: error: {exc}", file=sys.stderr)
         return 1
     counts = index["sets"]["encoder"]["count"]
+    write_json_atomic(
+        REPORT,
+        {
+            "sets": len(index["sets"]),
+            "snapshots": len(index["snapshots"]),
+            "precision": index["precision"],
+            "train_size": counts["train"],
+            **timing,
+        },
+    )
     print(
         f"features: {len(index['sets'])} sets (encoder dim {index['sets']['encoder']['dim']}, "
         f"{len(index['snapshots'])} snapshots; train {counts['train']}, val {counts['val']}, test {counts['test']}) "
-        f"in {index['wall_s']:.1f} s, {index['encoder_images_per_s']:.0f} encoder images/s, {index['precision']}"
+        f"in {timing['wall_s']:.1f} s, {timing['encoder_images_per_s']:.0f} encoder images/s, {index['precision']}"
     )
     return 0
 

@@ -29,7 +29,8 @@ OVERRIDES: dict = {
     "train": {"snapshots": 1, "batch_size": 50},
     "eval": {"lowshot_k": [5], "lowshot_seeds": 1, "lowshot_percent": None, "c_grid": [1.0], "knn_k": [5],
              "max_train": 300, "snapshot_max_images": 60},
-    "register": {"min_linear_top1": 0.1, "min_margin_over_random": -1.0, "min_margin_over_raw": -1.0},
+    "register": {"min_linear_top1": 0.1, "margin_metric": "lowshot.k5.mean", "min_margin_over_random": -1.0,
+                 "min_margin_over_raw": -1.0},
 }  # fmt: skip
 _BUILT: dict[str, Path] = {}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -101,6 +102,25 @@ def test_eval_stages_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatch) 
         curve = list(csv.DictReader(fh))
     assert [int(r["step"]) for r in curve] == [10, 20, 30]
     assert all(0 <= float(r["linear_test_top1"]) <= 1 for r in curve)
+
+
+def _tree_digests(root: Path) -> dict[str, str]:
+    files = sorted(f for f in root.rglob("*") if f.is_file())
+    return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def test_reextraction_gives_a_byte_identical_cache(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same inputs -> same data/features bytes (DVC then skips the eval stages); timings go to the report."""
+    monkeypatch.chdir(project)
+    assert features.main() == 0
+    first = _tree_digests(Path("data/features"))
+    first_report = json.loads(Path("reports/features.json").read_text())
+    assert features.main() == 0
+    assert _tree_digests(Path("data/features")) == first and len(first) == 3 * 5 + 1  # 5 sets x 3 splits + index
+    report = json.loads(Path("reports/features.json").read_text())
+    assert report["sets"] == 5 and report["snapshots"] == 2 and report["train_size"] == 200
+    assert report["encoder_images"] == first_report["encoder_images"] > 0 and report["wall_s"] > 0
+    assert "wall_s" not in read_index("data/features")
 
 
 def test_features_change_when_the_encoder_file_changes(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

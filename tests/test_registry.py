@@ -43,6 +43,22 @@ def test_gate_skips_unset_thresholds_and_fails_missing_metrics() -> None:
     assert [c.param for c in missing] == ["register.min_margin_over_random"] and missing[0].observed is None
 
 
+def test_gate_margin_can_be_taken_on_a_lowshot_metric() -> None:
+    metrics = {**LINEAR, "lowshot.k10.mean": 0.57, "baseline.random.lowshot.k10.mean": 0.40,
+               "baseline.raw.lowshot.k10.mean": 0.71}  # fmt: skip
+    params = RegisterParams(
+        min_linear_top1=0.7, margin_metric="lowshot.k10.mean", min_margin_over_random=0.08, min_margin_over_raw=0.0
+    )
+    by_param = {c.param: c for c in evaluate_gate(params, metrics, {"success": True})}
+    assert by_param["register.min_linear_top1"].observed == pytest.approx(0.80)  # still on `metric`
+    rand, raw = by_param["register.min_margin_over_random"], by_param["register.min_margin_over_raw"]
+    assert rand.passed and rand.observed == pytest.approx(0.17) and "lowshot.k10.mean over random-init" in rand.name
+    assert not raw.passed and raw.observed == pytest.approx(-0.14)
+    params = RegisterParams(margin_metric="lowshot.k25.mean", min_margin_over_random=0.0, min_margin_over_raw=None)
+    missing = [c for c in evaluate_gate(params, metrics, {"success": True}) if not c.passed]
+    assert [c.param for c in missing] == ["register.min_margin_over_random"] and missing[0].observed is None
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project_copy(tmp_path_factory, "registry")
