@@ -310,7 +310,11 @@ def build_cache(
     snapshots = []
     if snapshots_dir is not None and (Path(snapshots_dir) / "index.json").is_file():
         entries = json.loads((Path(snapshots_dir) / "index.json").read_text())
-        snapshots = [{**e, "set": snapshot_set(int(e["step"]))} for e in sorted(entries, key=lambda e: e["step"])]
+        # what a snapshot is, not how long it took (its `wall_s` would make the cache run-dependent)
+        snapshots = [
+            {"file": e["file"], "step": int(e["step"]), "epoch": e.get("epoch"), "set": snapshot_set(int(e["step"]))}
+            for e in sorted(entries, key=lambda e: e["step"])
+        ]
     rows = read_manifest(Path(manifest)) if manifest is not None and Path(manifest).is_file() else None
     if rows is None and (max_train is not None or (snapshots and snapshot_max_images is not None)):
         raise FileNotFoundError(f"max_train / snapshot_max_images need the manifest, not found: {manifest}")
