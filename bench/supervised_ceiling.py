@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from tqdm import tqdm
-from tune_pretrain import probe_encoder, section
+from tune_pretrain import probe_encoder, record, section
 
 from pipeline.config import EvalParams, ModelParams, TrainParams
 from pipeline.data.loader import train_loader
@@ -35,9 +35,10 @@ from pipeline.ijepa.run_inputs import count_samples, read_normalization
 from pipeline.ijepa.schedules import lr_at
 
 
-def train_supervised(model_p: ModelParams, train_p: TrainParams, lr: float, num_classes: int = 10) -> tuple:
+def train_supervised(
+    model_p: ModelParams, train_p: TrainParams, norm: dict, lr: float, num_classes: int = 10
+) -> tuple[nn.Module, dict]:
     """Encoder + linear head trained with cross-entropy over the default stream; returns (encoder, report)."""
-    norm = read_normalization(Path("reports/validation.json"))
     shards = Path("data/shards/train")
     steps_per_epoch = count_samples(shards) // train_p.batch_size
     total = steps_per_epoch * train_p.epochs
@@ -74,7 +75,7 @@ def train_supervised(model_p: ModelParams, train_p: TrainParams, lr: float, num_
         epoch += 1
     bar.close()
     wall = time.perf_counter() - start
-    report = {"steps": total, "wall_s": round(wall, 1), "final_loss": round(loss.item(), 4), "norm": norm}
+    report = {"steps": total, "wall_s": round(wall, 1), "final_loss": round(loss.item(), 4)}
     return encoder.eval(), report
 
 
@@ -90,19 +91,13 @@ def main() -> None:
     model_p: ModelParams = section("model", ModelParams, over)  # type: ignore[assignment]
     train_p: TrainParams = section("train", TrainParams, over)  # type: ignore[assignment]
     run_dir = Path(args.out) / args.name
-    encoder, report = train_supervised(model_p, train_p, args.lr)
-    encoder_path = save_encoder(encoder, run_dir / "encoder.safetensors", encoder_meta(model_p, report.pop("norm")))
+    norm = read_normalization(Path("reports/validation.json"))
+    encoder, report = train_supervised(model_p, train_p, norm, args.lr)
+    encoder_path = save_encoder(encoder, run_dir / "encoder.safetensors", encoder_meta(model_p, norm))
     ev: EvalParams = section("eval", EvalParams, over)  # type: ignore[assignment]
     row = {"name": args.name, "kind": "supervised", "overrides": over, "lr": args.lr, **report}
     row.update(probe_encoder(encoder_path, run_dir / "features", ev))
-    with open(Path(args.out) / "results.jsonl", "a") as fh:
-        fh.write(json.dumps(row) + "\n")
-    e, r = row["encoder"], row["random_init"]
-    print(
-        f"{args.name} (supervised): linear {e['test']:.4f} (random {r['test']:.4f}, "
-        f"+{100 * (e['test'] - r['test']):.1f}) 10-shot {e['k10']:.4f} (random {r['k10']:.4f}) "
-        f"train {row['wall_s']} s loss {row['final_loss']}"
-    )
+    record(Path(args.out), row, f"{args.name} (supervised)", f"train {row['wall_s']} s loss {row['final_loss']}")
 
 
 if __name__ == "__main__":

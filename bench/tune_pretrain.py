@@ -67,6 +67,17 @@ def probe_encoder(encoder: Path, features_dir: Path, ev: EvalParams, snapshots_d
     return row
 
 
+def record(out_dir: Path, row: dict, label: str, extra: str = "") -> None:
+    """Append `row` to `<out_dir>/results.jsonl` and print its summary line (encoder vs random init)."""
+    with open(out_dir / "results.jsonl", "a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    e, r = row["encoder"], row["random_init"]
+    print(
+        f"{label}: linear {e['test']:.4f} (random {r['test']:.4f}, {100 * (e['test'] - r['test']):+.1f}) "
+        f"10-shot {e['k10']:.4f} (random {r['k10']:.4f}, {100 * (e['k10'] - r['k10']):+.1f}) {extra}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
@@ -103,14 +114,7 @@ def main() -> None:
     ev: EvalParams = section("eval", EvalParams, over)  # type: ignore[assignment]
     row.update(probe_encoder(paths.encoder, run_dir / "features", ev, paths.snapshots))
     row["total_s"] = round(time.perf_counter() - start, 1)
-    with open(Path(args.out) / "results.jsonl", "a") as fh:
-        fh.write(json.dumps(row) + "\n")
-    e, r = row["encoder"], row["random_init"]
-    print(
-        f"{args.name}: linear {e['test']:.4f} (random {r['test']:.4f}, +{100 * (e['test'] - r['test']):.1f}) "
-        f"10-shot {e['k10']:.4f} (random {r['k10']:.4f}, +{100 * (e['k10'] - r['k10']):.1f}) "
-        f"loss {row['final_loss']} snaps {row.get('snapshots')} {row['total_s']} s"
-    )
+    record(Path(args.out), row, args.name, f"loss {row['final_loss']} snaps {row.get('snapshots')} {row['total_s']} s")
 
 
 if __name__ == "__main__":
