@@ -74,3 +74,16 @@ def test_collate_hook_receives_decoded_samples(shards: Path) -> None:
 def test_missing_shard_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         list_shards(tmp_path / "nope")
+
+
+def test_eval_loader_streams_ordered_batches_with_a_subset(shards: Path) -> None:
+    rows = [r for r in read_manifest(shards / "manifest.csv") if r["split"] == "train"]
+    keep = frozenset(r["key"] for r in rows[::3])
+    expected = [r["key"] for r in rows if r["key"] in keep]
+    for workers in (0, 1, 2):
+        batches = list(eval_loader(shards / "shards/train", 7, num_workers=workers, keep=keep))
+        assert [k for _, _, keys in batches for k in keys] == expected
+        assert [len(keys) for _, _, keys in batches] == [7] * (len(expected) // 7) + [len(expected) % 7]
+        assert all(images.dtype == torch.float32 and images.shape[1:] == (1, 28, 28) for images, _, _ in batches)
+        labels = [int(v) for _, batch_labels, _ in batches for v in batch_labels]
+        assert labels == [int(r["label"]) for r in rows if r["key"] in keep]

@@ -5,11 +5,21 @@ Training: shard list shuffled per (seed, epoch) identically on every process, th
 worker). The same (seed, epoch, num_workers, world size) therefore gives the same batch order,
 which is what exact resume relies on. `resampled=True` draws shards with replacement forever and
 `epoch_batches` cuts each rank's epoch to a fixed length (needed so DDP ranks step in lock-step).
+A per-sample `transform` (e.g. the random-resized crop, pipeline/data/transforms.py) runs in the
+workers on the decoded uint8 image with a generator seeded by (seed, epoch, rank, world, worker): the
+crops are a function of the position in that deterministic stream, so a resumed run that replays the
+stream position gets exactly the crops of an uninterrupted one.
+
+Evaluation: `eval_loader` streams the samples of a split in shard-name and tar order (the manifest
+order), decoding batch by batch; with workers, batch `b` is decoded by worker `b % workers` and the
+DataLoader's round-robin hands the batches back in order, so memory is a few batches per worker.
+
+Images are PNG or JPEG members (pipeline/data/codecs.py), decoded with torchvision; every tar is read
+through pipeline/data/tario.py, which refuses unsafe members.
 """
 
 from __future__ import annotations
 
-import io
 import random
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -18,11 +28,14 @@ import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from pipeline.data.codecs import decode_tensor, image_member
 from pipeline.data.sources import SPLITS
+from pipeline.data.tario import tar_samples
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+SampleTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def list_shards(shard_dir: Path | str) -> list[str]:
@@ -45,16 +58,22 @@ def pixel_to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 def decode_sample(sample: dict) -> tuple[torch.Tensor, int, str]:
-    """A raw webdataset sample (png/cls bytes) → (uint8 [C,H,W] tensor, label, key)."""
+    """A raw webdataset sample (png or jpg, cls bytes) → (uint8 [C,H,W] tensor, label, key)."""
     key = sample["__key__"]
     try:
-        with Image.open(io.BytesIO(sample["png"])) as im:
-            arr = np.asarray(im, dtype=np.uint8)
+        _, data = image_member(sample)
+        image = decode_tensor(data)
         label = int(sample["cls"])
-    except (KeyError, OSError, ValueError) as exc:
+    except (KeyError, OSError, RuntimeError, ValueError) as exc:
         raise ValueError(f"{sample.get('__url__', '?')}: sample {key} cannot be decoded: {exc}") from exc
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(arr.copy()), label, key
+    return image, label, key
+
+
+def worker_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A generator seeded by (seed, epoch, rank, world, DataLoader worker, stream), at iteration time."""
+    rank, world, worker, _ = wds.utils.pytorch_worker_info()
+    state = np.random.SeedSequence([seed, epoch, rank, world, worker, stream]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
 def _rank_world() -> tuple[int, int]:
@@ -93,6 +112,18 @@ class _WorkerSampleShuffle(wds.PipelineStage):
         yield from buf
 
 
+class _SeededTransform(wds.PipelineStage):
+    """Apply a per-sample transform to decoded (image, label, key), with a worker-seeded generator."""
+
+    def __init__(self, transform: SampleTransform, seed: int, epoch: int) -> None:
+        self.transform, self.seed, self.epoch = transform, seed, epoch
+
+    def run(self, src: Iterable) -> Iterator:
+        gen = worker_generator(self.seed, self.epoch, stream=2)
+        for image, label, key in src:
+            yield self.transform(image, gen), label, key
+
+
 def default_collate(samples: list) -> Batch:
     """Stack decoded samples into (float images in [0,1], labels)."""
     images = torch.stack([s[0] for s in samples]).float().div_(255.0)
@@ -110,14 +141,15 @@ def train_loader(
     shuffle_buffer: int = 2000,
     resampled: bool = False,
     epoch_batches: int | None = None,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    transform: SampleTransform | None = None,
     collate_fn: Callable[[list], object] | None = None,
     drop_last: bool = True,
 ) -> Iterable:
     """Shuffled batches over the shards of one split (see the module docstring for the seeding).
 
-    `transform` maps one float [C,H,W] image; `collate_fn` receives a list of (image, label, key)
-    with uint8 images (the default gives float images in [0,1] and labels) — the hook for the mask
+    `transform(uint8 image, generator) -> uint8 image` runs per sample in the workers (needed when
+    the stored images are not all of one size); `collate_fn` receives a list of (image, label, key)
+    with uint8 images (the default gives float images in [0,1] and labels): the hook for the mask
     collator.
     """
     urls = list_shards(shard_dir)
@@ -131,12 +163,12 @@ def train_loader(
         stages += [_SeededShardShuffle(seed, epoch), wds.split_by_node]
     stages += [
         wds.split_by_worker,
-        wds.tarfile_to_samples(),
+        tar_samples(),
         _WorkerSampleShuffle(shuffle_buffer, seed, epoch),
         wds.map(decode_sample),
     ]
     if transform is not None:
-        stages.append(wds.map(lambda s: ((transform(s[0].float().div(255.0)) * 255.0), s[1], s[2])))
+        stages.append(_SeededTransform(transform, seed, epoch))
     stages.append(wds.batched(batch_size, collation_fn=collate_fn or default_collate, partial=not drop_last))
     pipeline = wds.DataPipeline(*stages)
     if epoch_batches is not None:
@@ -144,46 +176,62 @@ def train_loader(
     return DataLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=False)
 
 
-class _WholeShards(torch.utils.data.Dataset):
-    """Map-style dataset whose item i is all of shard i, decoded: (uint8 images, labels, keys)."""
+class _OrderedBatches(IterableDataset):
+    """The split's samples in order, cut into batches; worker w of W decodes batches w, w + W, ...
 
-    def __init__(self, urls: list[str]) -> None:
-        self.urls = urls
+    Every worker reads the tar stream (cheap) but decodes only its own batches, so the DataLoader's
+    round-robin over workers returns the batches in order. Yields (uint8 images, labels, keys).
+    """
 
-    def __len__(self) -> int:
-        return len(self.urls)
+    def __init__(
+        self, urls: list[str], batch_size: int, keep: frozenset[str] | None, transform: SampleTransform | None
+    ) -> None:
+        self.urls, self.batch_size, self.keep, self.transform = urls, batch_size, keep, transform
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        samples = [
-            decode_sample(s) for s in wds.DataPipeline(wds.SimpleShardList([self.urls[i]]), wds.tarfile_to_samples())
-        ]
-        if not samples:
-            raise ValueError(f"{self.urls[i]}: shard holds no samples")
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        pipeline = wds.DataPipeline(wds.SimpleShardList(self.urls), tar_samples())
+        n, buf = 0, []
+        for sample in pipeline:
+            if self.keep is not None and sample["__key__"] not in self.keep:
+                continue
+            mine = (n // self.batch_size) % workers == worker
+            n += 1
+            if not mine:
+                continue
+            image, label, key = decode_sample(sample)
+            buf.append((self.transform(image, None) if self.transform is not None else image, label, key))  # type: ignore[arg-type]
+            if len(buf) == self.batch_size:
+                yield _stack(buf)
+                buf = []
+        if buf:
+            yield _stack(buf)
+
+
+def _stack(samples: list[tuple[torch.Tensor, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    try:
         images = torch.stack([s[0] for s in samples])
-        labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
-        return images, labels, [s[2] for s in samples]
+    except RuntimeError as exc:
+        sizes = sorted({tuple(s[0].shape) for s in samples})
+        raise ValueError(
+            f"samples {samples[0][2]}..{samples[-1][2]} have different sizes {sizes[:4]}: pass a transform "
+            f"(e.g. pipeline.data.transforms.CenterCrop) that brings them to the model's size"
+        ) from exc
+    return images, torch.tensor([s[1] for s in samples], dtype=torch.long), [s[2] for s in samples]
 
 
-def eval_loader(shard_dir: Path | str, batch_size: int, num_workers: int = 0) -> Iterator:
+def eval_loader(
+    shard_dir: Path | str,
+    batch_size: int,
+    num_workers: int = 0,
+    *,
+    keep: frozenset[str] | None = None,
+    transform: SampleTransform | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
     """Ordered (float images in [0,1], labels, keys) batches: shards in name order, samples in tar
-    order (the manifest order), whatever `num_workers` is (workers decode whole shards)."""
-    urls = list_shards(shard_dir)
-    shards = DataLoader(_WholeShards(urls), batch_size=None, num_workers=min(num_workers, len(urls)))
-    pending: list[tuple[torch.Tensor, torch.Tensor, list[str]]] = []
-    count = 0
-    for images, labels, keys in shards:
-        pending.append((images, labels, keys))
-        count += len(keys)
-        while count >= batch_size:
-            images_all = torch.cat([p[0] for p in pending])
-            labels_all = torch.cat([p[1] for p in pending])
-            keys_all = [k for p in pending for k in p[2]]
-            yield images_all[:batch_size].float().div_(255.0), labels_all[:batch_size], keys_all[:batch_size]
-            pending = [(images_all[batch_size:], labels_all[batch_size:], keys_all[batch_size:])]
-            count -= batch_size
-    if count:
-        yield (
-            torch.cat([p[0] for p in pending]).float().div_(255.0),
-            torch.cat([p[1] for p in pending]),
-            [k for p in pending for k in p[2]],
-        )
+    order (the manifest order), whatever `num_workers` is. `keep`: only these keys (still in order);
+    `transform(uint8 image, None) -> uint8 image` per sample (the evaluation resize + centre crop)."""
+    dataset = _OrderedBatches(list_shards(shard_dir), batch_size, keep, transform)
+    for images, labels, keys in DataLoader(dataset, batch_size=None, num_workers=num_workers):
+        yield images.float().div_(255.0), labels, keys

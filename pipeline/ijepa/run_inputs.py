@@ -5,12 +5,12 @@ fingerprint) that decides whether a checkpoint may be resumed."""
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import MaskParams, ModelParams, TrainParams
 from pipeline.data.loader import list_shards
+from pipeline.data.tario import member_names
 
 # train keys that do not change what is computed: excluded from the resume fingerprint
 VOLATILE_TRAIN_KEYS = {"log_every", "checkpoint_every", "resume", "compile", "device"}
@@ -28,11 +28,7 @@ def read_normalization(path: Path) -> dict[str, list[float]]:
 
 def count_samples(shard_dir: Path) -> int:
     """Number of samples (`.cls` members) in the tar shards of one split."""
-    total = 0
-    for url in list_shards(shard_dir):
-        with tarfile.open(url) as tar:
-            total += sum(1 for m in tar if m.name.endswith(".cls"))
-    return total
+    return sum(1 for url in list_shards(shard_dir) for name in member_names(url) if name.endswith(".cls"))
 
 
 def run_identity(
