@@ -64,8 +64,8 @@ def main() -> None:
         for r in range(args.repeats):
             dataset = load_source(params)
             result = write_shards(dataset, params, tmp_path / "shards", tmp_path / "manifest.csv")
-            rates.append(len(result.rows) / result.wall_s)
-            print(f"shard run {r}: {len(result.rows)} images in {result.wall_s:.2f} s = {rates[-1]:.0f} images/s")
+            rates.append(result.images / result.wall_s)
+            print(f"shard run {r}: {result.images} images in {result.wall_s:.2f} s = {rates[-1]:.0f} images/s")
         rows = [r for r in read_manifest(tmp_path / "manifest.csv") if r["split"] == "train"]
         loose_dir = tmp_path / "loose"
         loose_dir.mkdir()

@@ -48,7 +48,8 @@ def shard(
 
     Params (section `data`): source (fashion-mnist | imagefolder), root, seed, val_size (fashion-mnist),
     val_fraction/test_fraction (imagefolder), max_per_class, image_mode (L | RGB), image_size and
-    resize (center-crop | pad | stretch), shard_max_count, shard_max_bytes, on_corrupt (fail | skip).
+    resize (keep-ratio | center-crop | pad | stretch), encoding (auto | keep | jpeg | png), jpeg_quality,
+    deduplicate, shard_max_count, shard_max_bytes, on_corrupt (fail | skip).
     """
     from pipeline.config import ParamsError, load_section
     from pipeline.data.shards import shard_dataset

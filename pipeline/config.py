@@ -37,11 +37,29 @@ class DataParams(_Section):
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="imagefolder: fraction for test")
     max_per_class: int | None = Field(None, ge=1, description="cap images per class and split (quick runs)")
     image_mode: Literal["L", "RGB"] = "L"
-    image_size: int | None = Field(None, ge=4, description="imagefolder: output side; None keeps size")
-    resize: Literal["center-crop", "pad", "stretch"] = "center-crop"
+    image_size: int | None = Field(None, ge=4, description="imagefolder: output size (keep-ratio: the shorter "
+                                   "side); None keeps the source size")  # fmt: skip
+    resize: Literal["keep-ratio", "center-crop", "pad", "stretch"] = Field(
+        "keep-ratio", description="keep-ratio: shorter side to image_size, aspect kept; the others: a square"
+    )
+    encoding: Literal["auto", "keep", "jpeg", "png"] = Field(
+        "auto", description="stored image format. keep: the source file's bytes when no conversion or resize "
+        "is needed (else re-encoded in the source's format); jpeg: JPEG at jpeg_quality; png: lossless; "
+        "auto: png for fashion-mnist, keep for imagefolder",
+    )  # fmt: skip
+    jpeg_quality: int = Field(90, ge=1, le=100, description="JPEG quality of re-encoded images")
+    deduplicate: bool = Field(False, description="drop exact decoded-pixel duplicates before the split "
+                              "(listed in reports/shard.json)")  # fmt: skip
     shard_max_count: int = Field(10000, ge=1)
     shard_max_bytes: int = Field(64_000_000, ge=1024)
     on_corrupt: Literal["fail", "skip"] = "fail"
+
+    @property
+    def stored_encoding(self) -> str:
+        """`encoding` with `auto` resolved for the source (fashion-mnist: png, imagefolder: keep)."""
+        if self.encoding != "auto":
+            return self.encoding
+        return "png" if self.source == "fashion-mnist" else "keep"
 
     @model_validator(mode="after")
     def _fractions(self) -> DataParams:

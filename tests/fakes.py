@@ -60,3 +60,27 @@ def fake_imagefolder(root: Path, classes: int = 3, per_class: int = 12, seed: in
             suffix = ".jpg" if i % 5 == 4 and img.mode in ("L", "RGB") else ".png"
             img.save(d / f"img_{i:03d}{suffix}")
     return root
+
+
+def fake_photos(
+    root: Path,
+    classes: int = 2,
+    per_class: int = 10,
+    seed: int = 0,
+    sizes: tuple[int, int] = (40, 96),
+    suffix: str = ".jpg",
+    noise: float = 20.0,
+) -> Path:
+    """Class sub-directories of RGB 'photos' of mixed sizes (smooth class colours + seeded noise), all
+    distinct, saved as JPEG (quality 90) or PNG (`suffix`)."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"class_{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            h, w = (int(v) for v in rng.integers(sizes[0], sizes[1], 2))
+            yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+            base = np.stack([np.sin((c + 1) * 3 * xx + k) * 60 + 120 + 40 * yy for k in range(3)], axis=-1)
+            img = np.clip(base + rng.normal(0, noise, (h, w, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(d / f"img_{i:04d}{suffix}", **({"quality": 90} if suffix == ".jpg" else {}))
+    return root

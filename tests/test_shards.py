@@ -95,7 +95,7 @@ def test_missing_fashion_mnist_says_how_to_install(tmp_path: Path) -> None:
 
 def test_imagefolder_mixed_sizes_and_modes(tmp_path: Path) -> None:
     root = fake_imagefolder(tmp_path / "imgs", classes=3, per_class=20)
-    params = DataParams(source="imagefolder", root=str(root), image_mode="RGB", image_size=24,
+    params = DataParams(source="imagefolder", root=str(root), image_mode="RGB", image_size=24, resize="center-crop",
                         val_fraction=0.2, test_fraction=0.2)  # fmt: skip
     dataset, result = shard(params, tmp_path / "out")
     rows = read_manifest(tmp_path / "out/manifest.csv")

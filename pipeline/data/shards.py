@@ -1,19 +1,19 @@
 """Deterministic WebDataset shard writer, the manifest and the shard report.
 
 `write_shards` turns a `SourceDataset` into `data/shards/{split}/{split}-NNNNNN.tar` plus
-`data/manifest.csv`. Tar headers are fixed (mtime 0, root owner, mode 0444, sorted members), the
-sample order comes from the seeded split, and PNG encoding is lossless and deterministic, so the
-same source and params give byte-identical shards. Everything is written into a staging directory
-and moved into place only when complete: a crash never leaves a half-written shard behind.
+`data/manifest.csv`, streaming: items are encoded in a worker pool (pipeline/data/shard_writer.py),
+handed back in order, written into the open tar of their split and listed in the manifest at once,
+so memory stays flat whatever the dataset size. Tar headers are fixed (mtime 0, root owner, mode
+0444), the sample order comes from the seeded split and encoding is deterministic, so the same
+source and params give byte-identical shards for any worker count. Everything is written into a
+staging directory and moved into place only when complete (and removed on failure): a crash never
+leaves a half-written shard behind.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
-import json
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -21,87 +21,39 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 from tqdm import tqdm
-from webdataset import TarWriter
 
 from pipeline.atomic import write_json_atomic
 from pipeline.config import DataParams
-from pipeline.data.sources import SPLITS, CorruptImageError, SourceDataset, SourceItem
+from pipeline.data.images import CorruptImageError
+from pipeline.data.shard_writer import EncoderPool, ShardSink, sample_cost, sample_dict
+from pipeline.data.sources import SPLITS, SourceDataset
+
+__all__ = ["MANIFEST_COLUMNS", "ShardResult", "read_manifest", "shard_dataset", "write_shards"]
 
 MANIFEST_COLUMNS = ["key", "split", "shard", "label", "class_name", "width", "height", "mode", "sha256"]
 
 
 @dataclass
 class ShardResult:
-    """What `write_shards` produced: manifest rows, shard files and skipped inputs."""
+    """What `write_shards` produced: counts, shard files and their hashes, skipped inputs."""
 
-    rows: list[dict] = field(default_factory=list)
+    count: dict[str, Counter] = field(default_factory=dict)  # split -> class name -> samples
     shards: dict[str, list[Path]] = field(default_factory=dict)
+    shard_sha256: dict[str, str] = field(default_factory=dict)
+    bytes: int = 0
+    stored: Counter = field(default_factory=Counter)  # sample extension -> samples
+    kept: int = 0  # samples that store the source file's own bytes
     skipped: list[dict] = field(default_factory=list)
     wall_s: float = 0.0
 
-
-def encode_png(img: Image.Image) -> bytes:
-    """Lossless, deterministic PNG bytes for a PIL image."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    @property
+    def images(self) -> int:
+        return sum(sum(c.values()) for c in self.count.values())
 
 
 def sample_key(split: str, n: int) -> str:
     return f"{split}-{n:07d}"
-
-
-_TAR_OVERHEAD = 3 * 1024  # three members, each a 512-byte header plus padding
-
-
-@dataclass
-class _Encoded:
-    source_id: str
-    label: int
-    png: bytes
-    sha256: str
-    width: int
-    height: int
-    mode: str
-
-
-def _encode_item(item: SourceItem) -> _Encoded | CorruptImageError:
-    try:
-        img = item.load()
-    except CorruptImageError as err:
-        return err
-    png = encode_png(img)
-    return _Encoded(item.source_id, item.label, png, hashlib.sha256(png).hexdigest(), img.width, img.height, img.mode)
-
-
-def _plan_shards(encoded: list[_Encoded], max_count: int, max_bytes: int) -> list[list[int]]:
-    """Cut a split's samples into consecutive shards by count and (approximate tar) size."""
-    plans: list[list[int]] = []
-    size = 0
-    for i, enc in enumerate(encoded):
-        cost = len(enc.png) + _TAR_OVERHEAD
-        if not plans or len(plans[-1]) >= max_count or (plans[-1] and size + cost > max_bytes):
-            plans.append([])
-            size = 0
-        plans[-1].append(i)
-        size += cost
-    return plans
-
-
-def _write_tar(job: tuple[Path, list[dict]]) -> Path:
-    """Write one tar atomically: a temp file, fsync, then rename."""
-    path, samples = job
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        with TarWriter(fh, user="", group="", mode=0o444, mtime=0, encoder=False) as tar:
-            for sample in samples:
-                tar.write(sample)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def write_shards(
@@ -109,53 +61,59 @@ def write_shards(
 ) -> ShardResult:
     """Write every split of `dataset` as WebDataset tars under `out_dir` and the manifest CSV.
 
-    PNG encoding and tar writing run in `workers` processes (default: all cores); the output does
+    Encoding runs in `workers` processes (default: all cores; 1: in this process); the output does
     not depend on the worker count.
     """
     start = time.perf_counter()
     result = ShardResult(skipped=[{"path": e.path, "split": None, "reason": e.reason} for e in dataset.rejected])
     staging = out_dir.with_name(out_dir.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     workers = workers or os.cpu_count() or 1
     total = sum(len(v) for v in dataset.splits.values())
-    with (
-        mp.get_context("fork").Pool(workers) as pool,
-        tqdm(total=total, desc="shard", unit="img", disable=None) as bar,
-    ):
-        jobs: list[tuple[Path, list[dict]]] = []
-        for split in SPLITS:
-            (staging / split).mkdir(parents=True)
-            encoded: list[_Encoded] = []
-            for enc in pool.imap(_encode_item, dataset.splits[split], 256):
-                bar.update(1)
-                if isinstance(enc, CorruptImageError):
-                    if params.on_corrupt == "fail":
-                        raise enc
-                    result.skipped.append({"path": enc.path, "split": split, "reason": enc.reason})
-                    continue
-                encoded.append(enc)
-            result.shards[split] = []
-            for s, members in enumerate(_plan_shards(encoded, params.shard_max_count, params.shard_max_bytes)):
-                name = f"{split}-{s:06d}.tar"
-                result.shards[split].append(out_dir / split / name)
-                samples = []
-                for n in members:
-                    enc, key = encoded[n], sample_key(split, n)
-                    meta = {"source_id": enc.source_id, "sha256": enc.sha256, "label": enc.label,
-                            "class_name": dataset.classes[enc.label]}  # fmt: skip
-                    samples.append({"__key__": key, "png": enc.png, "cls": str(enc.label).encode(),
-                                    "json": json.dumps(meta, sort_keys=True).encode()})  # fmt: skip
-                    result.rows.append({
-                        "key": key, "split": split, "shard": (out_dir / split / name).as_posix(),
-                        "label": enc.label, "class_name": dataset.classes[enc.label], "width": enc.width,
-                        "height": enc.height, "mode": enc.mode, "sha256": enc.sha256,
+    sink: ShardSink | None = None
+    try:
+        with (
+            EncoderPool(dataset.splits, params, workers) as pool,
+            tqdm(total=total, desc="shard", unit="img", disable=None) as bar,
+            open(staging / "manifest.csv.tmp", "w", newline="") as manifest,
+        ):
+            rows = csv.DictWriter(manifest, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+            rows.writeheader()
+            for split in SPLITS:
+                bar.set_postfix_str(split)
+                (staging / split).mkdir()
+                sink = ShardSink(staging / split, out_dir / split, split, params.shard_max_count,
+                                 params.shard_max_bytes)  # fmt: skip
+                result.count[split] = Counter()
+                for enc in pool.ordered_encode(split):
+                    bar.update(1)
+                    if isinstance(enc, CorruptImageError):
+                        if params.on_corrupt == "fail":
+                            raise enc
+                        result.skipped.append({"path": enc.path, "split": split, "reason": enc.reason})
+                        continue
+                    key, class_name = sample_key(split, sum(result.count[split].values())), dataset.classes[enc.label]
+                    shard = sink.add(sample_dict(key, enc, class_name), sample_cost(enc))
+                    rows.writerow({
+                        "key": key, "split": split, "shard": shard.as_posix(), "label": enc.label,
+                        "class_name": class_name, "width": enc.width, "height": enc.height, "mode": enc.mode,
+                        "sha256": enc.sha256,
                     })  # fmt: skip
-                jobs.append((staging / split / name, samples))
-        for _ in tqdm(pool.imap_unordered(_write_tar, jobs), total=len(jobs), desc="write", unit="shard", disable=None):
-            pass
-    write_manifest(result.rows, staging / "manifest.csv.tmp")
+                    result.count[split][class_name] += 1
+                    result.stored[enc.ext] += 1
+                    result.kept += enc.kept
+                sink.close()
+                result.shards[split], result.bytes = sink.paths, result.bytes + sink.bytes
+                result.shard_sha256.update(sink.digests)
+    except BaseException:
+        if sink is not None:
+            sink.abort()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if out_dir.exists():
         shutil.rmtree(out_dir)
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging / "manifest.csv.tmp", manifest_path)
     os.replace(staging, out_dir)
     result.wall_s = time.perf_counter() - start
@@ -190,23 +148,27 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def shard_report(dataset: SourceDataset, result: ShardResult, manifest_path: Path) -> dict:
-    """The `reports/shard.json` content: counts per split and class, shards, bytes, speed, skips."""
+    """The `reports/shard.json` content: counts per split and class, shards, bytes, encoding, speed,
+    skipped inputs and removed duplicates."""
     report: dict = {"source": dataset.name, "root": dataset.root, "num_classes": len(dataset.classes)}
     report["classes"] = dataset.classes
-    report["count"] = {s: sum(1 for r in result.rows if r["split"] == s) for s in SPLITS}
-    report["count"]["total"] = len(result.rows)
-    per_class = {s: Counter(r["class_name"] for r in result.rows if r["split"] == s) for s in SPLITS}
-    report["class_count"] = {s: {c: per_class[s].get(c, 0) for c in dataset.classes} for s in SPLITS}
+    report["count"] = {s: sum(result.count.get(s, Counter()).values()) for s in SPLITS}
+    report["count"]["total"] = result.images
+    report["class_count"] = {s: {c: result.count.get(s, Counter()).get(c, 0) for c in dataset.classes} for s in SPLITS}
     report["shards"] = {s: len(p) for s, p in result.shards.items()}
     report["shards"]["total"] = sum(len(p) for p in result.shards.values())
-    all_shards = [p for s in SPLITS for p in result.shards[s]]
-    report["bytes"] = sum(p.stat().st_size for p in all_shards)
+    report["bytes"] = result.bytes
+    report["source_bytes"] = dataset.source_bytes
+    report["bytes_ratio"] = round(result.bytes / dataset.source_bytes, 4) if dataset.source_bytes else None
+    report["stored"] = {"png": result.stored.get("png", 0), "jpg": result.stored.get("jpg", 0), "kept": result.kept}
     report["wall_s"] = round(result.wall_s, 3)
-    report["images_per_s"] = round(len(result.rows) / max(result.wall_s, 1e-9), 1)
+    report["images_per_s"] = round(result.images / max(result.wall_s, 1e-9), 1)
     report["manifest_sha256"] = file_sha256(manifest_path)
-    report["shard_sha256"] = {p.as_posix(): file_sha256(p) for p in all_shards}
+    report["shard_sha256"] = dict(result.shard_sha256)
     report["skipped_count"] = len(result.skipped)
     report["skipped"] = result.skipped
+    report["duplicates_count"] = len(dataset.duplicates)
+    report["duplicates"] = dataset.duplicates
     return report
 
 
@@ -216,7 +178,7 @@ def shard_dataset(
     """Load the configured source, write shards + manifest, write and return the shard report."""
     from pipeline.data.sources import load_source
 
-    dataset = load_source(params)
+    dataset = load_source(params, workers=workers)
     result = write_shards(dataset, params, out_dir, manifest_path, workers=workers)
     report = shard_report(dataset, result, manifest_path)
     write_json_atomic(report_path, report)

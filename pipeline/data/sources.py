@@ -1,15 +1,19 @@
 """Image sources and their deterministic train/val/test split.
 
 A source turns a dataset on disk into `SourceDataset`: class names plus, per split, a list of
-`SourceItem`s that each know how to load one image (as a PIL image in the configured mode and size).
+`SourceItem`s that each know how to load one image (as a PIL image in the configured mode and size;
+file sources also say whether the file's own bytes are that image, for `data.encoding: keep`).
 Two sources exist: `fashion-mnist` (the idx gz files of Debian's `dataset-fashion-mnist`) and
-`imagefolder` (one sub-directory per class of JPEG/PNG images of any size and mode).
+`imagefolder` (one sub-directory per class of JPEG/PNG images of any size and mode; decoding and
+resize policies in pipeline/data/images.py). With `data.deduplicate`, exact pixel duplicates are
+dropped before the split (pipeline/data/dedup.py).
 """
 
 from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import os
 import struct
 from collections.abc import Callable
@@ -17,9 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from pipeline.config import DataParams
+from pipeline.data.dedup import file_digests, first_occurrences
+from pipeline.data.images import CorruptImageError, StoredImage, read_image
+
+__all__ = ["SPLITS", "CorruptImageError", "SourceDataset", "SourceError", "SourceItem", "load_source"]
 
 SPLITS = ("train", "val", "test")
 FASHION_MNIST_CLASSES = [
@@ -38,25 +46,19 @@ class SourceError(RuntimeError):
     """The source dataset is missing or malformed (a problem with the whole source)."""
 
 
-class CorruptImageError(ValueError):
-    """One input file cannot be used as an image; `path` and `reason` say which and why."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-    def __reduce__(self) -> tuple:  # picklable across the shard writer's worker processes
-        return (CorruptImageError, (self.path, self.reason))
-
-
 @dataclass(frozen=True)
 class SourceItem:
-    """One image of the source: a stable id, its label and a loader returning a PIL image."""
+    """One image of the source: a stable id, its label and a loader returning a PIL image; file
+    sources also give `read` (the image plus the file's bytes when they are exactly that image)."""
 
     source_id: str
     label: int
     load: Callable[[], Image.Image] = field(compare=False, repr=False)
+    read: Callable[[], StoredImage] | None = field(default=None, compare=False, repr=False)
+
+    def stored(self) -> StoredImage:
+        """The image to store (`read()` where the source has it, else `load()` without source bytes)."""
+        return self.read() if self.read is not None else StoredImage(self.load())
 
 
 @dataclass
@@ -68,13 +70,16 @@ class SourceDataset:
     classes: list[str]
     splits: dict[str, list[SourceItem]]
     rejected: list[CorruptImageError] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)  # {"path", "duplicate_of"} (deduplicate)
+    source_bytes: int | None = None  # total size of the source files (imagefolder)
 
 
-def load_source(params: DataParams) -> SourceDataset:
-    """Open the configured source and split it deterministically (seeded, class-stratified)."""
+def load_source(params: DataParams, workers: int | None = None) -> SourceDataset:
+    """Open the configured source and split it deterministically (seeded, class-stratified).
+    `workers`: processes for the `deduplicate` fingerprint pass (default: all cores)."""
     if params.source == "fashion-mnist":
         return _fashion_mnist(params)
-    return _imagefolder(params)
+    return _imagefolder(params, workers)
 
 
 # --- Fashion-MNIST -----------------------------------------------------------------------------
@@ -115,12 +120,16 @@ def _fashion_mnist(params: DataParams) -> SourceDataset:
             raise SourceError(f"{lbl_path}: label {labels.max()} outside 0..{len(FASHION_MNIST_CLASSES) - 1}")
         arrays[split] = (images, labels)
 
-    train_labels = arrays["train"][1]
-    val_idx, train_idx = stratified_split(train_labels, params.val_size, params.seed)
+    candidates = {"train": np.arange(len(arrays["train"][1])), "test": np.arange(len(arrays["test"][1]))}
+    duplicates: list[dict[str, str]] = []
+    if params.deduplicate:
+        candidates, duplicates = _dedup_arrays(arrays)
+    train_labels = arrays["train"][1][candidates["train"]]
+    val_rel, train_rel = stratified_split(train_labels, params.val_size, params.seed)
     order = {
-        "train": train_idx,
-        "val": val_idx,
-        "test": np.arange(len(arrays["test"][1])),
+        "train": candidates["train"][train_rel],
+        "val": candidates["train"][val_rel],
+        "test": candidates["test"],
     }
     splits = {}
     for split, idx in order.items():
@@ -131,7 +140,21 @@ def _fashion_mnist(params: DataParams) -> SourceDataset:
         splits[split] = [
             SourceItem(f"fashion-mnist/{src_split}/{i:05d}", int(labels[i]), _array_loader(images, int(i))) for i in idx
         ]
-    return SourceDataset("fashion-mnist", str(root), list(FASHION_MNIST_CLASSES), splits)
+    return SourceDataset("fashion-mnist", str(root), list(FASHION_MNIST_CLASSES), splits, duplicates=duplicates)
+
+
+def _dedup_arrays(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Indices of the first occurrence of each distinct image (train listed first, then test)."""
+    ids = [(split, i) for split in ("train", "test") for i in range(len(arrays[split][0]))]
+    digests = [hashlib.blake2b(np.ascontiguousarray(arrays[s][0][i]).tobytes(), digest_size=16).hexdigest()
+               for s, i in ids]  # fmt: skip
+    keep, dropped = first_occurrences(digests)
+    kept = {split: np.array([ids[k][1] for k in keep if ids[k][0] == split], dtype=int) for split in ("train", "test")}
+
+    def source_id(k: int) -> str:
+        return f"fashion-mnist/{ids[k][0]}/{ids[k][1]:05d}"
+
+    return kept, [{"path": source_id(d), "duplicate_of": source_id(f)} for d, f in dropped]
 
 
 def _array_loader(images: np.ndarray, i: int) -> Callable[[], Image.Image]:
@@ -185,7 +208,7 @@ def cap_per_class(idx: np.ndarray, labels: np.ndarray, cap: int | None) -> np.nd
 # --- imagefolder --------------------------------------------------------------------------------
 
 
-def _imagefolder(params: DataParams) -> SourceDataset:
+def _imagefolder(params: DataParams, workers: int | None = None) -> SourceDataset:
     root = Path(params.root)
     if not root.is_dir():
         raise SourceError(f"imagefolder root {root} does not exist or is not a directory")
@@ -195,8 +218,9 @@ def _imagefolder(params: DataParams) -> SourceDataset:
         raise SourceError(f"imagefolder root {root} has no class sub-directories")
     rejected: list[CorruptImageError] = []
     files: list[tuple[str, int]] = []
+    found = [0] * len(classes)
+    source_bytes = 0
     for label, name in enumerate(classes):
-        found = 0
         for path in sorted((root / name).rglob("*")):
             if path.is_dir():
                 continue
@@ -206,9 +230,13 @@ def _imagefolder(params: DataParams) -> SourceDataset:
                 rejected.append(CorruptImageError(rel, problem))
                 continue
             files.append((rel, label))
-            found += 1
-        if found == 0:
-            rejected.append(CorruptImageError(f"{name}/", "class directory holds no usable image"))
+            found[label] += 1
+            source_bytes += path.stat().st_size
+    duplicates: list[dict[str, str]] = []
+    if params.deduplicate:
+        files, duplicates = _dedup_files(root, files, params, workers, rejected, found)
+    rejected += [CorruptImageError(f"{name}/", "class directory holds no usable image")
+                 for name, n in zip(classes, found, strict=True) if n == 0]  # fmt: skip
     if params.on_corrupt == "fail" and rejected:
         raise rejected[0]
     labels = np.array([lbl for _, lbl in files])
@@ -216,10 +244,44 @@ def _imagefolder(params: DataParams) -> SourceDataset:
     out = {}
     for split, idx in splits.items():
         idx = cap_per_class(shuffled(idx, params.seed, split), labels, params.max_per_class)
-        out[split] = [
-            SourceItem(files[i][0], int(labels[i]), _file_loader(root / files[i][0], files[i][0], params)) for i in idx
-        ]
-    return SourceDataset("imagefolder", str(root), classes, out, rejected)
+        out[split] = [_file_item(root, files[i][0], int(labels[i]), params) for i in idx]
+    return SourceDataset("imagefolder", str(root), classes, out, rejected, duplicates, source_bytes)
+
+
+def _file_item(root: Path, rel: str, label: int, params: DataParams) -> SourceItem:
+    read = functools.partial(read_image, root / rel, rel, params)
+    return SourceItem(rel, label, functools.partial(_image_of, read), read)
+
+
+def _image_of(read: Callable[[], StoredImage]) -> Image.Image:
+    return read().image
+
+
+def _dedup_files(
+    root: Path,
+    files: list[tuple[str, int]],
+    params: DataParams,
+    workers: int | None,
+    rejected: list[CorruptImageError],
+    found: list[int],
+) -> tuple[list[tuple[str, int]], list[dict[str, str]]]:
+    """Drop exact pixel duplicates (first in listing order kept); undecodable files join `rejected`."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(files), desc="deduplicate", unit="img", disable=None) as bar:
+        digests = file_digests(root, [rel for rel, _ in files], params.image_mode, workers, bar.update)
+    usable = []
+    for (rel, label), digest in zip(files, digests, strict=True):
+        if isinstance(digest, CorruptImageError):
+            rejected.append(digest)
+            found[label] -= 1
+        else:
+            usable.append((rel, label, digest))
+    keep, dropped = first_occurrences([d for _, _, d in usable])
+    for i, _ in dropped:
+        found[usable[i][1]] -= 1
+    duplicates = [{"path": usable[i][0], "duplicate_of": usable[f][0]} for i, f in dropped]
+    return [(usable[i][0], usable[i][1]) for i in keep], duplicates
 
 
 def _file_problem(path: Path, real_root: Path) -> str | None:
@@ -243,45 +305,3 @@ def _split_fractions(labels: np.ndarray, params: DataParams) -> dict[str, np.nda
     n_val = round(n * params.val_fraction)
     val_rel, train_rel = stratified_split(labels[rest], n_val, params.seed + 1)
     return {"train": rest[train_rel], "val": rest[val_rel], "test": test}
-
-
-def _file_loader(path: Path, rel: str, params: DataParams) -> Callable[[], Image.Image]:
-    return functools.partial(open_image, path, rel, params)
-
-
-def open_image(path: Path, rel: str, params: DataParams) -> Image.Image:
-    """Decode one file fully and normalise it to the configured mode and size policy."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            img = im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise CorruptImageError(rel, f"cannot decode image: {exc}") from None
-    img = to_mode(img, params.image_mode)
-    if params.image_size is not None:
-        img = resize(img, params.image_size, params.resize)
-    return img
-
-
-def to_mode(img: Image.Image, mode: str) -> Image.Image:
-    """Convert any PIL mode to L or RGB; transparency is composited over white."""
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        span = max(arr.max() - arr.min(), 1e-12)
-        img = Image.fromarray(((arr - arr.min()) / span * 255).round().astype(np.uint8), mode="L")
-    return img.convert(mode)
-
-
-def resize(img: Image.Image, size: int, policy: str) -> Image.Image:
-    """Square output of side `size`: center-crop, pad (letterbox, black) or stretch."""
-    if policy == "stretch":
-        return img.resize((size, size), Image.Resampling.BICUBIC)
-    if policy == "pad":
-        return ImageOps.pad(img, (size, size), Image.Resampling.BICUBIC, color=0)
-    return ImageOps.fit(img, (size, size), Image.Resampling.BICUBIC)
