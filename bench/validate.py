@@ -6,7 +6,8 @@ Measures, on the shards in ROOT/data (or built into --work from the Debian datas
    great-expectations import is included), in a scratch directory linking the shards, with Data Docs;
 2. its parts in-process: GX import, shard re-reading (`collect_facts`) with 1 and 2 workers, the GX
    checkpoints with and without Data Docs;
-3. the tar reader: our ustar parser vs `tarfile` on one 10k-sample shard.
+3. the tar reader: ours (pipeline/data/tario.py: `tarfile` stream mode + member checks) vs webdataset's
+   `tar_file_iterator` on one 10k-sample shard.
 
 Writes bench/validate.md (tables) and bench/validate.json. Usage: `python bench/validate.py [--quick]`
 (--quick: skip the 1-worker read and the tar-reader comparison). The host is shared: the load
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import DataParams, load_section  # noqa: E402
-from pipeline.data.validation_facts import _fast_members, _tarfile_members, collect_facts  # noqa: E402
+from pipeline.data.tario import iter_members  # noqa: E402
+from pipeline.data.validation_facts import collect_facts  # noqa: E402
 
 
 def ensure_shards(work: Path) -> Path:
@@ -74,9 +76,12 @@ def parts(data: Path, work: Path, quick: bool) -> dict:
     facts = None
     for workers in (1, 2) if not quick else (2,):
         start = time.perf_counter()
-        facts = collect_facts(data / "shards", data / "manifest.csv", list(params.expected_sizes), None, workers)
+        splits = list(params.expected_sizes or ("train", "val", "test"))
+        facts = collect_facts(data / "shards", data / "manifest.csv", splits, None, workers, params.pixel_sample,
+                              params.pixel_seed)  # fmt: skip
         out[f"read_s_workers{workers}"] = round(time.perf_counter() - start, 2)
-    checks = build_checks(params, facts.num_classes)
+    sizes = params.expected_sizes or {s: facts.manifest_counts.get(s, 0) for s in splits}
+    checks = build_checks(params, facts.num_classes, sizes)
     for docs in (None, work / "docs"):
         start = time.perf_counter()
         run_gx(facts, checks, docs)
@@ -87,14 +92,17 @@ def parts(data: Path, work: Path, quick: bool) -> dict:
 
 def tar_readers(data: Path) -> dict:
     shard = sorted((data / "shards/train").glob("*.tar"))[0]
+    from webdataset.tariterators import tar_file_iterator
+
     start = time.perf_counter()
-    n_tarfile = sum(1 for _ in _tarfile_members(str(shard)))
-    t_tarfile = time.perf_counter() - start
+    with open(shard, "rb") as fh:
+        n_wds = sum(1 for _ in tar_file_iterator(fh))
+    t_wds = time.perf_counter() - start
     start = time.perf_counter()
-    n_fast = sum(1 for _ in _fast_members(shard.read_bytes()))
-    t_fast = time.perf_counter() - start
-    assert n_fast == n_tarfile
-    return {"shard": shard.name, "members": n_fast, "tarfile_s": round(t_tarfile, 3), "ustar_s": round(t_fast, 3)}
+    n_ours = sum(1 for _ in iter_members(str(shard)))
+    t_ours = time.perf_counter() - start
+    assert n_ours == n_wds
+    return {"shard": shard.name, "members": n_ours, "webdataset_s": round(t_wds, 3), "ours_s": round(t_ours, 3)}
 
 
 def markdown(res: dict) -> str:
@@ -120,8 +128,8 @@ def markdown(res: dict) -> str:
     ]
     if "tar" in res:
         t = res["tar"]
-        lines += ["", f"Tar reading, one shard ({t['members']} members): `tarfile` {t['tarfile_s']} s, "
-                  f"our ustar parser {t['ustar_s']} s."]  # fmt: skip
+        lines += ["", f"Tar reading, one shard ({t['members']} members): webdataset's `tar_file_iterator` "
+                  f"{t['webdataset_s']} s, ours (tarfile + member checks) {t['ours_s']} s."]  # fmt: skip
     lines += ["", "Where the time goes: the re-read is bound by PIL's PNG decoding (plus sha256 and a pixel "
               "hash per sample); the GX cost is mostly fixed (54 expectations over 4 small-to-70k-row frames, "
               "about 2 s warm) plus Data Docs rendering and the one-off import; the first GX use in a process "

@@ -71,11 +71,16 @@ class DataParams(_Section):
 class ValidateParams(_Section):
     """`validate`: thresholds of the great-expectations gate (check names: pipeline/data/validation_checks.py)."""
 
-    expected_sizes: dict[str, int] = Field(
-        default_factory=lambda: {"train": 55000, "val": 5000, "test": 10000},
-        description="split -> expected sample count; these splits are the ones checked",
+    expected_sizes: dict[str, int] | None = Field(
+        None,
+        description="split -> expected sample count (these splits are checked, e.g. Fashion-MNIST's "
+        "{train: 55000, val: 5000, test: 10000}); None: train/val/test with the counts the manifest lists, "
+        "i.e. what the shard stage produced",
     )
     size_tolerance: float = Field(0.02, ge=0.0, description="allowed relative deviation from expected_sizes")
+    pixel_sample: int | None = Field(100_000, ge=1, description="images per split whose pixels feed the "
+                                     "statistics (seeded sample of larger splits); None: all")  # fmt: skip
+    pixel_seed: int = Field(0, description="seed of the pixel-statistics sample")
     num_classes: int | None = Field(None, ge=1, description="labels must lie in [0, num_classes); None: distinct "
                                     "class names in the manifest")  # fmt: skip
     min_class_ratio: float = Field(0.5, ge=0.0, le=1.0, description="smallest class >= ratio x mean class count")
@@ -89,8 +94,9 @@ class ValidateParams(_Section):
 
     @model_validator(mode="after")
     def _sizes(self) -> ValidateParams:
-        if not self.expected_sizes or any(v < 0 for v in self.expected_sizes.values()):
-            raise ValueError("expected_sizes must name at least one split, with sizes >= 0")
+        sizes = self.expected_sizes
+        if sizes is not None and (not sizes or any(v < 0 for v in sizes.values())):
+            raise ValueError("expected_sizes must be null or name at least one split, with sizes >= 0")
         return self
 
 

@@ -6,7 +6,9 @@ with great-expectations 1.x: an ephemeral context, one pandas data source, one s
 definition and checkpoint per frame (`ijepa_data.manifest|samples|shards|splits`), and a Data Docs
 site of our own (`TupleFilesystemStoreBackend` under `docs_dir`). The result is a flat report:
 `success` (no `error`-severity check failed), counts, `normalization` (per-channel mean/std of the
-train split, pixels in [0, 1]) and `checks: {name: {success, observed, expected, severity}}`.
+train split's pixel sample, pixels in [0, 1]), speed (`s_per_10k_images`), the size of the pixel
+sample per split and `checks: {name: {success, observed, expected, severity}}`. With
+`validate.expected_sizes: null` the split sizes checked are the manifest's (what `shard` produced).
 `summary_lines` renders the failed checks for humans (stderr of the stage and the CLI).
 """
 
@@ -23,6 +25,7 @@ from typing import Any
 
 from pipeline.atomic import write_json_atomic
 from pipeline.config import ParamsError, ValidateParams
+from pipeline.data.sources import SPLITS
 from pipeline.data.validation_checks import Check, build_checks
 from pipeline.data.validation_facts import Facts, ValidationInputError, collect_facts
 
@@ -179,15 +182,18 @@ def validate_data(shard_dir: Path, manifest: Path, params: ValidateParams, docs_
     """Run the whole gate and return the report (see the module docstring). Raises
     `ValidationInputError` when there is nothing to validate and `ParamsError` for bad severities."""
     start = time.perf_counter()
-    facts = collect_facts(shard_dir, manifest, list(params.expected_sizes), params.num_classes, workers)
-    checks = build_checks(params, facts.num_classes)
+    splits = list(params.expected_sizes) if params.expected_sizes is not None else list(SPLITS)
+    facts = collect_facts(shard_dir, manifest, splits, params.num_classes, workers, params.pixel_sample,
+                          params.pixel_seed)  # fmt: skip
+    sizes = expected_sizes(params, facts.manifest_counts)
+    checks = build_checks(params, facts.num_classes, sizes)
     gx_start = time.perf_counter()
     results = run_gx(facts, checks, docs_dir)
     entries = {c.name: check_entry(c, results[c.name]) for c in checks}
     failed = [n for n, e in entries.items() if not e["success"] and e["severity"] == "error"]
     warned = [n for n, e in entries.items() if not e["success"] and e["severity"] == "warning"]
     samples = facts.samples[facts.samples["in_shards"]]
-    count = {s: int((samples["split"] == s).sum()) for s in params.expected_sizes}
+    count = {s: int((samples["split"] == s).sum()) for s in splits}
     count["total"] = len(samples)
     total_s = time.perf_counter() - start
     return {
@@ -209,8 +215,18 @@ def validate_data(shard_dir: Path, manifest: Path, params: ValidateParams, docs_
             "total": round(total_s, 3),
         },
         "images_per_s": round(len(samples) / max(total_s, 1e-9), 1),
+        "s_per_10k_images": round(total_s / max(len(samples), 1) * 10_000, 3),
+        "expected_sizes": "params" if params.expected_sizes is not None else "manifest",
+        "pixel_images": {s: facts.pixel_images.get(s, 0) for s in splits},
         "checks": entries,
     }
+
+
+def expected_sizes(params: ValidateParams, manifest_counts: dict[str, int]) -> dict[str, int]:
+    """`validate.expected_sizes`, or (null) train/val/test with the counts the manifest lists."""
+    if params.expected_sizes is not None:
+        return dict(params.expected_sizes)
+    return {s: manifest_counts.get(s, 0) for s in SPLITS}
 
 
 def _line(name: str, entry: dict[str, Any]) -> str:

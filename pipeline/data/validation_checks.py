@@ -10,7 +10,8 @@ Check names are stable (they key `reports/validation.json` and the `validate.sev
   `sample_key_unique`, `sample_members`, `sample_decodes`, `sample_sha256`, `sample_size`,
   `sample_mode`, `sample_label`, `sample_shard`, `sample_meta`, `no_split_leakage`, `image_mode_uniform`;
 - shards: `shard_present` (missing), `shard_known` (stray), `shard_readable`, `shard_count`;
-- per split `<s>` of `validate.expected_sizes`: `split_nonempty.<s>`, `split_size.<s>`,
+- per split `<s>` of `validate.expected_sizes` (null: train/val/test, sizes from the manifest):
+  `split_nonempty.<s>`, `split_size.<s>`,
   `class_balance.<s>`, `duplicate_rate.<s>`, `pixel_mean.<s>`, `pixel_std.<s>`, `constant_fraction.<s>`.
 
 `validate.severity` maps a full name (`pixel_mean.val`) or a prefix (`pixel_mean`) to `error`
@@ -92,16 +93,17 @@ def _sample_checks(cat: _Catalogue) -> None:
              ("manifest_shard",))  # fmt: skip
     cat.add("sample_key_unique", "samples", "ExpectColumnValuesToBeUnique", "0 unexpected",
             "no sample key occurs twice in the tars", column="tar_key", index=("tar_shard",))  # fmt: skip
-    cat.flag("sample_members", "samples", "members_complete", "every sample has .png, .cls and .json members")
+    cat.flag("sample_members", "samples", "members_complete",
+             "every sample has an image (.png or .jpg), .cls and .json members")  # fmt: skip
     cat.flag("sample_decodes", "samples", "decodes", "every sample decodes as an image", ("decode_error",))
-    cat.flag("sample_sha256", "samples", "sha256_matches", "each sample's PNG sha256 equals the manifest's")
+    cat.flag("sample_sha256", "samples", "sha256_matches", "each sample's image sha256 equals the manifest's")
     cat.flag("sample_size", "samples", "size_matches", "each decoded image's width/height equal the manifest's",
              ("tar_width", "tar_height"))  # fmt: skip
     cat.flag("sample_mode", "samples", "mode_matches", "each decoded image's mode equals the manifest's", ("tar_mode",))
     cat.flag("sample_label", "samples", "label_matches", "each sample's .cls label equals the manifest's", ("cls",))
     cat.flag("sample_shard", "samples", "shard_matches", "each sample sits in the shard the manifest names",
              ("tar_shard",))  # fmt: skip
-    cat.flag("sample_meta", "samples", "meta_matches", "each sample's .json agrees with its PNG hash and label")
+    cat.flag("sample_meta", "samples", "meta_matches", "each sample's .json agrees with its image hash and label")
     cat.flag("no_split_leakage", "samples", "no_leakage", "no image (decoded pixels) appears in two splits",
              ("split", "pixel_hash"))  # fmt: skip
     cat.add("image_mode_uniform", "samples", "ExpectColumnUniqueValueCountToBeBetween", "1",
@@ -124,12 +126,14 @@ def _bounds(lo: float | None, hi: float | None) -> str:
     return f">= {lo:g}" if lo is not None else f"<= {hi:g}"
 
 
-def _split_checks(cat: _Catalogue, p: ValidateParams) -> None:
-    for s, size in p.expected_sizes.items():
-        lo, hi = math.floor(size * (1 - p.size_tolerance)), math.ceil(size * (1 + p.size_tolerance))
+def _split_checks(cat: _Catalogue, p: ValidateParams, sizes: dict[str, int]) -> None:
+    tolerance = p.size_tolerance if p.expected_sizes is not None else 0.0  # manifest sizes: exact
+    for s, size in sizes.items():
+        lo, hi = math.floor(size * (1 - tolerance)), math.ceil(size * (1 + tolerance))
         per_split: list[tuple[str, str, float | None, float | None, str]] = [
             ("split_nonempty", "count", 1, None, f"the {s} split holds at least one sample"),
-            ("split_size", "count", lo, hi, f"the {s} split holds {size} samples (± {p.size_tolerance:.0%})"),
+            ("split_size", "count", lo, hi, f"the {s} split holds {size} samples (± {tolerance:.0%}"
+             + (")" if p.expected_sizes is not None else ", as the manifest lists)")),
             ("class_balance", "class_min_ratio", p.min_class_ratio, None,
              f"no {s} class has fewer than {p.min_class_ratio:g} × the mean class count"),
             ("duplicate_rate", "duplicate_rate", None, p.max_duplicate_rate,
@@ -144,14 +148,18 @@ def _split_checks(cat: _Catalogue, p: ValidateParams) -> None:
                     min_value=low, max_value=high, split=s)  # fmt: skip
 
 
-def build_checks(params: ValidateParams, num_classes: int) -> list[Check]:
-    """Every check for these params, with severities applied (unknown severity keys raise)."""
+def build_checks(params: ValidateParams, num_classes: int, sizes: dict[str, int] | None = None) -> list[Check]:
+    """Every check for these params, with severities applied (unknown severity keys raise). `sizes`:
+    the split sizes to check (default `params.expected_sizes`; required when that is null)."""
+    sizes = sizes if sizes is not None else params.expected_sizes
+    if sizes is None:
+        raise ValueError("validate.expected_sizes is null: pass the manifest's split sizes")
     cat = _Catalogue()
-    splits = list(params.expected_sizes)
+    splits = list(sizes)
     _manifest_checks(cat, splits, num_classes)
     _sample_checks(cat)
     _shard_checks(cat)
-    _split_checks(cat, params)
+    _split_checks(cat, params, sizes)
     names = {c.name for c in cat.checks} | {c.prefix for c in cat.checks}
     unknown = sorted(set(params.severity) - names)
     if unknown:
