@@ -28,7 +28,7 @@ from tune_pretrain import probe_encoder, record, section
 
 from pipeline.config import EvalParams, ModelParams, TrainParams
 from pipeline.data.loader import train_loader
-from pipeline.ijepa.augment import BatchTransform
+from pipeline.ijepa.augment import BatchTransform, train_transform
 from pipeline.ijepa.export import encoder_meta, save_encoder
 from pipeline.ijepa.model import VisionTransformerEncoder, tune_cpu_allocator
 from pipeline.ijepa.run_inputs import count_samples, read_normalization
@@ -51,13 +51,14 @@ def train_supervised(
     head = nn.Linear(model_p.embed_dim, num_classes)
     params = list(encoder.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=0.05, fused=True)
-    transform = BatchTransform(model_p.img_size, norm["mean"], norm["std"], train_p.augment_scale, seed=train_p.seed)
+    transform = BatchTransform(model_p.img_size, norm["mean"], norm["std"])
+    crop = train_transform(model_p.img_size, train_p.augment_scale)  # in the loader workers, as in pretraining
     start, step, loss = time.perf_counter(), 0, torch.tensor(float("nan"))
     bar = tqdm(total=total, desc="supervised", unit="step")
     epoch = 0
     while step < total:
         loader = train_loader(
-            shards, train_p.batch_size, seed=train_p.seed, epoch=epoch, num_workers=train_p.num_workers
+            shards, train_p.batch_size, seed=train_p.seed, epoch=epoch, num_workers=train_p.num_workers, transform=crop
         )
         for images, labels in loader:
             if step >= total:

@@ -154,7 +154,10 @@ class TrainParams(_Section):
     ema: Range = (0.996, 1.0)
     grad_clip: float | None = None
     loss: Literal["smooth_l1", "l2"] = "smooth_l1"
-    augment_scale: Range | None = (0.3, 1.0)
+    augment_scale: Range | None = Field(
+        (0.3, 1.0), description="random-resized-crop area range (aspect 3/4-4/3) from the full stored image to "
+        "model.img_size, in the loader workers; None: no crop (a resize + centre crop when not model-sized)",
+    )  # fmt: skip
     num_workers: int = Field(2, ge=0)
     device: str = "auto"
     compile: bool = False

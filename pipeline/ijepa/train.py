@@ -3,11 +3,11 @@ stream, checkpoint/resume, snapshots and the final export. Works in one process 
 `torchrun` (DDP: gloo on CPU, nccl on GPU; only rank 0 writes files).
 
 Determinism (what exact resume rests on): model init is seeded by `train.seed`; the masks of update
-`s` come from `collator.sample(B, s)`; its crops from a generator seeded by (seed, s, rank); the
-data is a stream of loader epochs `train_loader(seed, epoch=e)` and a checkpoint records the stream
-position (data epoch, batches consumed in it), so a resumed run re-creates that loader and skips
-the consumed batches. On CPU a killed and resumed run therefore ends bit-identical to an
-uninterrupted one. `epoch` in logs/reports is the logical epoch `step // steps_per_epoch`.
+`s` come from `collator.sample(B, s)`; crops are cut in the loader workers, seeded by (seed, data epoch,
+rank, worker); the data is a stream of loader epochs `train_loader(seed, epoch=e)` and a checkpoint
+records the stream position (data epoch, batches consumed in it), so a resumed run re-creates that
+loader and skips the consumed batches (replaying their crops). On CPU a killed and resumed run therefore
+ends bit-identical to an uninterrupted one. `epoch` in logs/reports is the logical epoch `step // steps_per_epoch`.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch
 
 from pipeline.atomic import write_json_atomic
 from pipeline.config import MaskParams, ModelParams, TrainParams
-from pipeline.data.loader import train_loader
+from pipeline.data.loader import SampleTransform, train_loader
 from pipeline.ijepa import checkpoint as ckpt
-from pipeline.ijepa.augment import BatchTransform
+from pipeline.ijepa.augment import BatchTransform, train_transform
 from pipeline.ijepa.distributed import Dist, init_distributed, resolve_device
 from pipeline.ijepa.export import encoder_meta, save_encoder
 from pipeline.ijepa.logging import Meter, RunLogger
@@ -98,6 +98,7 @@ class Trainer:
     device: torch.device
     dist: Dist
     steps_per_epoch: int
+    crop: SampleTransform | None = None  # per sample, in the loader workers (augment.train_transform)
 
 
 def build(
@@ -130,11 +131,12 @@ def build(
         forward = torch.compile(forward)  # type: ignore[assignment]
     rank_seed = train_p.seed + 1_000_003 * dist.rank
     collator = MultiBlockMaskCollator(model_p.grid, mask_p, seed=rank_seed)
-    transform = BatchTransform(
-        model_p.img_size, norm["mean"], norm["std"], train_p.augment_scale, seed=train_p.seed, rank=dist.rank
-    )
+    transform = BatchTransform(model_p.img_size, norm["mean"], norm["std"])
+    crop = train_transform(model_p.img_size, train_p.augment_scale)
     schedules = Schedules.from_params(train_p, steps_per_epoch, steps_per_epoch * train_p.epochs)
-    return Trainer(model, forward, optimizer, collator, transform, schedules, train_p, device, dist, steps_per_epoch)
+    return Trainer(
+        model, forward, optimizer, collator, transform, schedules, train_p, device, dist, steps_per_epoch, crop
+    )
 
 
 def apply_schedule(tr: Trainer, step: int) -> ScheduleValues:
@@ -184,6 +186,7 @@ def data_stream(tr: Trainer, shards: Path, progress: Progress) -> Iterator[tuple
             num_workers=p.num_workers,
             resampled=world > 1,
             epoch_batches=tr.steps_per_epoch if world > 1 else None,
+            transform=tr.crop,
         )
         it = iter(loader)
         for i in range(progress.data_batch):
