@@ -188,6 +188,8 @@ class EvalParams(_Section):
     knn_k: list[int] = Field(default_factory=lambda: [10, 20, 200])
     knn_temperature: float = Field(0.07, gt=0.0)
     random_init_seed: int = 0
+    crop_ratio: float = Field(0.875, gt=0.0, le=1.0, description="eval resize + centre crop of images not "
+                              "already model-sized: shorter side to img_size / crop_ratio (256 -> 224)")  # fmt: skip
 
 
 class RegisterParams(_Section):

@@ -1,8 +1,8 @@
 """DVC stage `features`: frozen features of the target encoder, its snapshots and the baselines.
 
 Reads params `eval` (last_layers, batch_size, precision, device, max_train, snapshot_max_images,
-subset_seed, random_init_seed), models/encoder.{safetensors,json}, models/snapshots/, data/shards and
-data/manifest.csv; writes data/features/ (layout: pipeline/eval/features.py), swapped in atomically,
+subset_seed, random_init_seed, crop_ratio), models/encoder.{safetensors,json}, models/snapshots/,
+data/shards and data/manifest.csv; writes data/features/ (layout: pipeline/eval/features.py), swapped in atomically,
 and reports/features.json (what was extracted, wall time, encoder images/s; a DVC metric kept out of
 the cache so a re-extraction with the same inputs leaves data/features byte-identical).
 """
@@ -31,7 +31,7 @@ def main(params_path: str = "params.yaml") -> int:
             ENCODER, SHARDS, OUT, manifest=MANIFEST, snapshots_dir=SNAPSHOTS, last_layers=p.last_layers,
             batch_size=p.batch_size, random_init_seed=p.random_init_seed, max_train=p.max_train,
             snapshot_max_images=p.snapshot_max_images, subset_seed=p.subset_seed, precision=p.precision,
-            device=p.device,
+            device=p.device, crop_ratio=p.crop_ratio,
         )  # fmt: skip
     except (ParamsError, FileNotFoundError, ValueError) as exc:
         print(f"features: error: {exc}", file=sys.stderr)

@@ -17,6 +17,9 @@ split stores its rows in the shard (manifest) order; subsampled sets hold a subs
 
 Extraction streams each split's shards once and runs every extractor on each batch, so decoding is
 paid once however many encoders are evaluated; with a train cap only the kept samples are decoded.
+Stored images that are not already the encoder's `img_size` square (photos kept at ~256 px, mixed
+sizes) are resized and centre-cropped to it (`crop_ratio`, 0.875 = the usual 256 → 224); model-sized
+images (Fashion-MNIST) are used as stored.
 `precision="bf16"` runs the encoder under bf16 autocast (pooled features returned in float32): ~1.5x
 faster on an idle CPU with AVX512-BF16, relative feature error ~4e-4 (bench/eval.md); `auto` picks it
 on CUDA only (see `resolve_precision`).
@@ -34,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.data.loader import decode_sample, default_collate, eval_loader, list_shards
+from pipeline.data.loader import eval_loader
 from pipeline.data.shards import read_manifest
 from pipeline.data.sources import stratified_split
+from pipeline.data.transforms import CenterCrop
 from pipeline.ijepa.export import load_encoder, random_encoder
 
 FEATURES_DIR = Path("data/features")
@@ -202,27 +205,18 @@ def extract(
 
 
 def split_batches(
-    shard_dir: Path | str, batch_size: int, keep: frozenset[str] | None = None
+    shard_dir: Path | str,
+    batch_size: int,
+    keep: frozenset[str] | None = None,
+    *,
+    img_size: int | None = None,
+    crop_ratio: float = 0.875,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-    """Ordered (images in [0,1], labels, keys) batches of one split. Without `keep` this is
-    `pipeline.data.loader.eval_loader`; with it, only the kept samples are decoded (in shard order)."""
-    if keep is None:
-        yield from eval_loader(shard_dir, batch_size)
-        return
-    samples = wds.DataPipeline(
-        wds.SimpleShardList(list_shards(shard_dir)),
-        wds.tarfile_to_samples(),
-        wds.select(lambda s: s["__key__"] in keep),
-        wds.map(decode_sample),
-    )
-    buf: list[tuple[torch.Tensor, int, str]] = []
-    for sample in samples:
-        buf.append(sample)
-        if len(buf) == batch_size:
-            yield (*default_collate(buf), [b[2] for b in buf])
-            buf = []
-    if buf:
-        yield (*default_collate(buf), [b[2] for b in buf])
+    """Ordered (images in [0,1], labels, keys) batches of one split (`pipeline.data.loader.eval_loader`):
+    with `keep`, only the kept samples are decoded (in shard order); with `img_size`, images not already
+    that square are resized (shorter side to img_size / crop_ratio) and centre-cropped to it."""
+    transform = CenterCrop(img_size, crop_ratio) if img_size is not None else None
+    yield from eval_loader(shard_dir, batch_size, keep=keep, transform=transform)
 
 
 def feature_path(root: Path, set_name: str, split: str) -> Path:
@@ -292,6 +286,7 @@ def build_cache(
     subset_seed: int = 0,
     precision: str = "auto",
     device: str = "auto",
+    crop_ratio: float = 0.875,
 ) -> tuple[dict, dict]:
     """Extract every cached set (module docstring) from the shards and write `out_dir`.
 
@@ -300,6 +295,7 @@ def build_cache(
     re-extraction; the timing (`wall_s`, `encoder_images`, `encoder_images_per_s`) is returned apart.
 
     `max_train` caps the train split of every set (seeded, class-stratified, same keys for all sets);
+    `crop_ratio`: the resize + centre crop of images not already the encoder's size (module docstring).
     `snapshot_max_images` caps each split of the snapshot sets (a subset of the sets' keys), so the
     accuracy-vs-step curve costs a fraction of a full extraction. Subsets need the manifest.
     """
@@ -307,6 +303,7 @@ def build_cache(
     encoder = load_encoder(encoder_path)
     meta = encoder.ijepa_meta
     norm = meta["normalization"]
+    img_size = int(meta["timm_kwargs"]["img_size"])
     snapshots = []
     if snapshots_dir is not None and (Path(snapshots_dir) / "index.json").is_file():
         entries = json.loads((Path(snapshots_dir) / "index.json").read_text())
@@ -340,7 +337,8 @@ def build_cache(
         extractors = [Extractor(e.name, e.model, keep) for e in base]
         extractors += [Extractor(s["set"], m, snap_keep) for s, m in zip(snapshots, snap_models, strict=True)]
         total = -(-len(keep or split_rows) // batch_size) if split_rows is not None else None
-        out = extract(split_batches(Path(shards_root) / split, batch_size, keep), extractors, norm["mean"], norm["std"],
+        batches = split_batches(Path(shards_root) / split, batch_size, keep, img_size=img_size, crop_ratio=crop_ratio)
+        out = extract(batches, extractors, norm["mean"], norm["std"],
                       last_layers=last_layers, precision=precision, device=dev, total=total, desc=split)  # fmt: skip
         for name, fs in out.items():
             sets.setdefault(name, {})[split] = fs
@@ -360,6 +358,8 @@ def build_cache(
         },
         "snapshots": snapshots,
     }
+    if rows is None or any((r["width"], r["height"]) != (str(img_size),) * 2 for r in rows):
+        index["eval_crop"] = {"size": img_size, "ratio": crop_ratio}  # only where images were resized
     write_cache(out_dir, sets, index)
     timing = {"wall_s": round(wall, 3), "encoder_images": images, "encoder_images_per_s": round(images / wall, 1)}
     return index, timing
