@@ -172,3 +172,25 @@ def test_failure_removes_the_staging_directory(tmp_path: Path) -> None:
     assert report["shard_sha256"] == {
         p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in report["shard_sha256"]
     }
+
+
+def test_sample_tar_writes_what_webdataset_tarwriter_writes(tmp_path: Path) -> None:
+    from webdataset import TarWriter
+
+    from pipeline.data.shard_writer import SampleTar, _HashingFile
+
+    rng = np.random.default_rng(0)
+    samples = [{"__key__": f"train-{i:07d}", "png": rng.bytes(int(rng.integers(1, 3000))), "cls": b"3",
+                "json": b'{"a": 1}', **({"jpg": rng.bytes(700)} if i % 3 == 0 else {})} for i in range(25)]  # fmt: skip
+    with open(tmp_path / "ours.tar", "wb") as fh:
+        tar = SampleTar(_HashingFile(fh))
+        for sample in samples:
+            tar.write(sample)
+        tar.close()
+    with (
+        open(tmp_path / "wds.tar", "wb") as fh,
+        TarWriter(fh, user="", group="", mode=0o444, mtime=0, encoder=False) as w,
+    ):
+        for sample in samples:
+            w.write(sample)
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "wds.tar").read_bytes()

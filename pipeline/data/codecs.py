@@ -1,27 +1,16 @@
-"""Image bytes in the shards: how they are encoded at shard time and decoded by the readers.
+"""Image bytes in the shards: how they are encoded at shard time and found by the readers.
 
 A sample stores its image under one of `IMAGE_EXTS` (`png`: lossless, the Fashion-MNIST default;
 `jpg`: photos, re-encoded with `data.jpeg_quality` or the source file's own bytes). Encoding is
-deterministic (same pixels and params → same bytes). Readers decode with torchvision's libpng /
-libjpeg-turbo decoders straight into a uint8 tensor (`decode_tensor`; ~1.3-1.5x faster than PIL here,
-bench/photos.py); PNG is lossless, so this gives exactly the pixels PIL gives. torchvision 0.29
-deprecates its image codecs in favour of TorchCodec (not a dependency here): the deprecation warning
-is silenced for this one call, and where a torchvision without them is installed, PIL decodes instead.
+deterministic (same pixels and params → same bytes). PIL only (the shard and validate stages stay
+free of torch); decoding into tensors lives with the loaders (pipeline/data/loader.py).
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 
-import numpy as np
-import torch
 from PIL import Image
-
-try:
-    from torchvision.io import ImageReadMode, decode_image
-except ImportError:  # a torchvision that dropped its image codecs: PIL below
-    decode_image = None  # type: ignore[assignment]
 
 IMAGE_EXTS = ("png", "jpg", "jpeg")
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG"}
@@ -54,20 +43,3 @@ def image_member(sample: dict) -> tuple[str, bytes]:
             return ext, sample[ext]
     members = sorted(k for k in sample if not k.startswith("__"))
     raise KeyError(f"no image member (one of {', '.join(IMAGE_EXTS)}); members: {', '.join(members) or 'none'}")
-
-
-def decode_tensor(data: bytes) -> torch.Tensor:
-    """PNG or JPEG bytes → uint8 [C, H, W] (C = 1 for grey, 3 for RGB), via torchvision (else PIL)."""
-    if decode_image is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
-    return decode_pil(data)
-
-
-def decode_pil(data: bytes) -> torch.Tensor:
-    """PNG or JPEG bytes → uint8 [C, H, W] via PIL (the fallback and the reference of the tests)."""
-    with Image.open(io.BytesIO(data)) as im:
-        arr = np.asarray(im, dtype=np.uint8)
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(arr.copy())

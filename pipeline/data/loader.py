@@ -14,25 +14,38 @@ Evaluation: `eval_loader` streams the samples of a split in shard-name and tar o
 order), decoding batch by batch; with workers, batch `b` is decoded by worker `b % workers` and the
 DataLoader's round-robin hands the batches back in order, so memory is a few batches per worker.
 
-Images are PNG or JPEG members (pipeline/data/codecs.py), decoded with torchvision; every tar is read
-through pipeline/data/tario.py, which refuses unsafe members.
+Images are PNG or JPEG members (pipeline/data/codecs.py), decoded with torchvision's libpng /
+libjpeg-turbo decoders straight into uint8 tensors (`decode_tensor`; faster than PIL here, and PNG is
+lossless, so the pixels are exactly PIL's). torchvision 0.29 deprecates its image codecs in favour of
+TorchCodec (not a dependency here): the warning is silenced for that one call, and with a torchvision
+that has dropped them, PIL decodes instead. Every tar is read through pipeline/data/tario.py
+(`tar_samples`), which refuses unsafe members.
 """
 
 from __future__ import annotations
 
+import io
 import random
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset import tariterators
 
-from pipeline.data.codecs import decode_tensor, image_member
+from pipeline.data.codecs import image_member
 from pipeline.data.sources import SPLITS
-from pipeline.data.tario import tar_samples
+from pipeline.data.tario import iter_members
+
+try:
+    from torchvision.io import ImageReadMode, decode_image
+except ImportError:  # a torchvision that dropped its image codecs: PIL below
+    decode_image = None  # type: ignore[assignment]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 SampleTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -55,6 +68,41 @@ def pixel_to_tensor(img: Image.Image) -> torch.Tensor:
     arr = np.asarray(img, dtype=np.uint8)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     return torch.from_numpy(arr.copy()).float().div_(255.0)
+
+
+def decode_tensor(data: bytes) -> torch.Tensor:
+    """PNG or JPEG bytes → uint8 [C, H, W] (C = 1 for grey, 3 for RGB), via torchvision (else PIL)."""
+    if decode_image is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+    return decode_pil(data)
+
+
+def decode_pil(data: bytes) -> torch.Tensor:
+    """PNG or JPEG bytes → uint8 [C, H, W] via PIL (the fallback, and the tests' reference)."""
+    with Image.open(io.BytesIO(data)) as im:
+        arr = np.asarray(im, dtype=np.uint8)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(arr.copy())
+
+
+def _expand(data: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for source in data:
+        url, stream = source["url"], source["stream"]
+        try:
+            for name, body in iter_members(url, stream):
+                yield {"fname": name, "data": body, "__url__": url}
+        finally:
+            stream.close()
+        yield {}  # end of shard: webdataset's grouping never joins samples across shards
+
+
+def _tar_samples(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    return tariterators.group_by_keys(_expand(tariterators.url_opener(src)))
+
+
+tar_samples = wds.filters.pipelinefilter(_tar_samples)  # webdataset stage: urls in, checked samples out
 
 
 def decode_sample(sample: dict) -> tuple[torch.Tensor, int, str]:

@@ -6,20 +6,18 @@ pretraining) goes through `iter_members` / `tar_samples`. A member whose name is
 member: a shard is data to read, never a tree to extract, and a link or an escaping name means it was
 not written by our shard writer. Directory entries are skipped; regular files are yielded in tar order.
 
-`tar_samples` is the webdataset pipeline stage built on it (`{"url": ...}` in, samples grouped by key
-out, exactly like `webdataset.tarfile_to_samples`, whose opener and grouping it reuses).
+The webdataset pipeline stage built on it (`{"url": ...}` in, samples grouped by key out, like
+`webdataset.tarfile_to_samples`) is `pipeline.data.loader.tar_samples`; this module needs only the
+standard library, so the shard and validate stages do not import torch.
 """
 
 from __future__ import annotations
 
 import os
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import PurePosixPath
-from typing import IO, Any
-
-import webdataset as wds
-from webdataset import tariterators
+from typing import IO
 
 
 class UnsafeTarError(ValueError):
@@ -85,26 +83,3 @@ def member_names(path: str) -> Iterator[str]:
     with open(path, "rb") as fh:
         for _, info in iter_infos(fh, path, seekable=True):
             yield info.name
-
-
-def _expand(data: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for source in data:
-        url, stream = source["url"], source["stream"]
-        try:
-            for name, body in iter_members(url, stream):
-                yield {"fname": name, "data": body, "__url__": url}
-        finally:
-            stream.close()
-        yield {}  # end of shard: webdataset's grouping never joins samples across shards
-
-
-def _tar_samples(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    return tariterators.group_by_keys(_expand(tariterators.url_opener(src)))
-
-
-tar_samples = wds.filters.pipelinefilter(_tar_samples)
-
-
-def samples_of(urls: list[str]) -> Iterator[dict[str, Any]]:
-    """Raw samples (`__key__`, `__url__`, one entry per extension) of `urls`, in order, in-process."""
-    return iter(wds.DataPipeline(wds.SimpleShardList(urls), tar_samples()))
