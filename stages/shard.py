@@ -1,6 +1,7 @@
 """DVC stage `shard`: source dataset → data/shards/{train,val,test}/*.tar + data/manifest.csv.
 
-Reads params `data`; writes reports/shard.json (counts, shard hashes, bytes, images/s, skips).
+Reads params `data`; writes reports/shard.json (counts, shard hashes, bytes, stored formats, images/s,
+skips, removed duplicates).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ def main(params_path: str = "params.yaml") -> int:
         if isinstance(exc, CorruptImageError):
             print("shard: set data.on_corrupt: skip to skip (and list) unusable files", file=sys.stderr)
         return 1
-    counts = report["count"]
+    counts, stored = report["count"], report["stored"]
     print(
         f"shard: {counts['total']} images (train {counts['train']}, val {counts['val']}, "
-        f"test {counts['test']}) in {report['shards']['total']} shards, "
-        f"{report['images_per_s']:.0f} images/s, {report['skipped_count']} skipped"
+        f"test {counts['test']}) in {report['shards']['total']} shards ({stored['png']} png, {stored['jpg']} jpg, "
+        f"{stored['kept']} source files kept as they are), {report['images_per_s']:.0f} images/s, "
+        f"{report['skipped_count']} skipped, {report['duplicates_count']} duplicates removed"
     )
     return 0
 

@@ -150,6 +150,10 @@ def test_duplicates_are_removed_before_the_split_and_listed(tmp_path: Path) -> N
     assert report["count"]["total"] == 40 and json.loads((tmp_path / "shard.json").read_text()) == report
     sources = [json.loads(m["json"])["source_id"] for m in members(tmp_path / "out/shards").values()]
     assert not any("zz_copy" in s for s in sources) and len(set(sources)) == 40
+    assert report["source_bytes"] == sum((root / s).stat().st_size for s in sources)  # the copies not counted
+    assert (
+        report["bytes_ratio"] == round(report["bytes"] / report["source_bytes"], 4) and report["stored"]["kept"] == 40
+    )
     kept = load_source(params.model_copy(update={"deduplicate": False}))
     assert sum(len(v) for v in kept.splits.values()) == 43
 

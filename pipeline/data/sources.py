@@ -71,7 +71,7 @@ class SourceDataset:
     splits: dict[str, list[SourceItem]]
     rejected: list[CorruptImageError] = field(default_factory=list)
     duplicates: list[dict[str, str]] = field(default_factory=list)  # {"path", "duplicate_of"} (deduplicate)
-    source_bytes: int | None = None  # total size of the source files (imagefolder)
+    source_bytes: int | None = None  # total size of the source files in the splits (imagefolder)
 
 
 def load_source(params: DataParams, workers: int | None = None) -> SourceDataset:
@@ -219,7 +219,7 @@ def _imagefolder(params: DataParams, workers: int | None = None) -> SourceDatase
     rejected: list[CorruptImageError] = []
     files: list[tuple[str, int]] = []
     found = [0] * len(classes)
-    source_bytes = 0
+    sizes: dict[str, int] = {}
     for label, name in enumerate(classes):
         for path in sorted((root / name).rglob("*")):
             if path.is_dir():
@@ -231,7 +231,7 @@ def _imagefolder(params: DataParams, workers: int | None = None) -> SourceDatase
                 continue
             files.append((rel, label))
             found[label] += 1
-            source_bytes += path.stat().st_size
+            sizes[rel] = path.stat().st_size
     duplicates: list[dict[str, str]] = []
     if params.deduplicate:
         files, duplicates = _dedup_files(root, files, params, workers, rejected, found)
@@ -245,6 +245,7 @@ def _imagefolder(params: DataParams, workers: int | None = None) -> SourceDatase
     for split, idx in splits.items():
         idx = cap_per_class(shuffled(idx, params.seed, split), labels, params.max_per_class)
         out[split] = [_file_item(root, files[i][0], int(labels[i]), params) for i in idx]
+    source_bytes = sum(sizes[item.source_id] for items in out.values() for item in items)
     return SourceDataset("imagefolder", str(root), classes, out, rejected, duplicates, source_bytes)
 
 
