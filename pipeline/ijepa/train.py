@@ -25,7 +25,7 @@ import torch
 
 from pipeline.atomic import write_json_atomic
 from pipeline.config import MaskParams, ModelParams, TrainParams
-from pipeline.data.loader import SampleTransform, train_loader
+from pipeline.data.loader import train_loader
 from pipeline.ijepa import checkpoint as ckpt
 from pipeline.ijepa.augment import BatchTransform, train_transform
 from pipeline.ijepa.distributed import Dist, init_distributed, resolve_device
@@ -98,7 +98,6 @@ class Trainer:
     device: torch.device
     dist: Dist
     steps_per_epoch: int
-    crop: SampleTransform | None = None  # per sample, in the loader workers (augment.train_transform)
 
 
 def build(
@@ -132,11 +131,8 @@ def build(
     rank_seed = train_p.seed + 1_000_003 * dist.rank
     collator = MultiBlockMaskCollator(model_p.grid, mask_p, seed=rank_seed)
     transform = BatchTransform(model_p.img_size, norm["mean"], norm["std"])
-    crop = train_transform(model_p.img_size, train_p.augment_scale)
     schedules = Schedules.from_params(train_p, steps_per_epoch, steps_per_epoch * train_p.epochs)
-    return Trainer(
-        model, forward, optimizer, collator, transform, schedules, train_p, device, dist, steps_per_epoch, crop
-    )
+    return Trainer(model, forward, optimizer, collator, transform, schedules, train_p, device, dist, steps_per_epoch)
 
 
 def apply_schedule(tr: Trainer, step: int) -> ScheduleValues:
@@ -186,7 +182,7 @@ def data_stream(tr: Trainer, shards: Path, progress: Progress) -> Iterator[tuple
             num_workers=p.num_workers,
             resampled=world > 1,
             epoch_batches=tr.steps_per_epoch if world > 1 else None,
-            transform=tr.crop,
+            transform=train_transform(tr.transform.size, p.augment_scale),  # per sample, in the workers
         )
         it = iter(loader)
         for i in range(progress.data_batch):
