@@ -16,7 +16,6 @@ import resource
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,9 @@ from pipeline.ijepa.export import encoder_meta, save_encoder
 from pipeline.ijepa.logging import Meter, RunLogger
 from pipeline.ijepa.masks import MultiBlockMaskCollator
 from pipeline.ijepa.model import IJEPA, tune_cpu_allocator
+from pipeline.ijepa.precision import autocast, resolve_precision
 from pipeline.ijepa.run_inputs import count_samples, read_normalization, run_identity
-from pipeline.ijepa.schedules import Schedules, ScheduleValues
+from pipeline.ijepa.schedules import Schedules, ScheduleValues, run_length
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def build(
     transform = BatchTransform(
         model_p.img_size, norm["mean"], norm["std"], train_p.augment_scale, seed=train_p.seed, rank=dist.rank
     )
-    schedules = Schedules.from_params(train_p, steps_per_epoch, steps_per_epoch * train_p.epochs)
+    schedules = Schedules.from_params(train_p, steps_per_epoch, run_length(train_p, steps_per_epoch))
     return Trainer(model, forward, optimizer, collator, transform, schedules, train_p, device, dist, steps_per_epoch)
 
 
@@ -146,13 +146,6 @@ def apply_schedule(tr: Trainer, step: int) -> ScheduleValues:
     return values
 
 
-def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    """bf16 autocast for `precision` bf16 (auto: on CUDA only), else a no-op (fp32)."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def train_step(
     tr: Trainer, images: torch.Tensor, step: int, with_stats: bool = False
 ) -> tuple[torch.Tensor, dict[str, float], ScheduleValues]:
@@ -161,7 +154,14 @@ def train_step(
     x = tr.transform(images.to(tr.device, non_blocking=True), step)
     masks = tr.collator.sample(x.shape[0], step).to(tr.device, non_blocking=True)
     with autocast(tr.device, tr.params.precision):
-        loss, stats = tr.forward(x, masks, loss=tr.params.loss, stats=with_stats)
+        loss, stats = tr.forward(
+            x,
+            masks,
+            loss=tr.params.loss,
+            stats=with_stats,
+            var_weight=tr.params.var_weight,
+            cov_weight=tr.params.cov_weight,
+        )
     tr.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if tr.params.grad_clip is not None:
@@ -316,8 +316,10 @@ def run_steps(
                     target_std=stats.get("target_std", 0.0),
                     effective_rank=stats.get("target_eff_rank", 0.0),
                     context_len=stats.get("context_len", 0.0),
+                    **{k: v for k, v in stats.items() if k.startswith("reg_")},
                 )
                 log.log(progress.step, row)
+                warn_collapse(log, progress.step, row["effective_rank"], p.collapse_warn_rank)
             meter.reset()
         log.advance()
         if main and progress.step in snaps:
@@ -326,6 +328,15 @@ def run_steps(
             progress.history = list(log.history)
             ckpt.save_checkpoint(paths.checkpoints, checkpoint_state(tr, progress, identity))
     return True
+
+
+def warn_collapse(log: RunLogger, step: int, rank: float, threshold: float | None) -> None:
+    """A log line when the pooled target features' effective rank is below `threshold`."""
+    if threshold is not None and 0 < rank < threshold:
+        log.message(
+            f"pretrain: warning: step {step}: effective rank of the pooled target features is {rank:.2f} "
+            f"(< train.collapse_warn_rank {threshold:g}): the encoder is collapsing to a few directions"
+        )
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -358,6 +369,7 @@ def export(tr: Trainer, paths: RunPaths, progress: Progress, meta: dict[str, Any
         "wall_s": round(progress.wall_s, 2),
         "peak_memory_mb": round(peak_memory_mb(tr.device), 1),
         "device": str(tr.device),
+        "precision": resolve_precision(tr.device, tr.params.precision),
         "world_size": tr.dist.world,
         "resumed_from_step": progress.resumed_from,
         "data_wait_fraction": round(progress.data_wait_s / train_s, 4),
