@@ -1,28 +1,41 @@
-"""Pretraining-defaults screen: one full pretrain + the linear and 10-shot probes, for a set of overrides.
+"""Representation-quality screen: one full pretraining run + the eval protocols, for a set of overrides.
 
 Usage (from the repo root, after `dvc repro validate` has written data/shards and reports/validation.json):
 
     python bench/tune_pretrain.py NAME '{"train": {"lr": 5e-4}, "mask": {"min_context": 16}}'
 
 Each run pretrains from params.yaml plus the overrides into `<out>/NAME` (not models/), extracts the
-same cached feature sets as the `features` stage (eval params from params.yaml), runs the linear probe
-and the k=10 low-shot protocol on the encoder and on the random-init baseline, prints one summary line
-and appends it as JSON to `<out>/results.jsonl`. Results are recorded by hand in bench/tuning.md.
-Run one at a time: two runs on 2 cores measure the scheduler, not the config.
+encoder's features exactly as the `features` stage does (fp32 on CPU, `eval.max_train` stratified train
+images, all val and test), and measures what decides whether it learned anything:
+
+- collapse: effective rank (RankMe) and common-component share of the pooled train features;
+- kNN k=10/20 on centred features; the honest 10-shot protocol (C by CV inside the 10 labels per class,
+  5 seeds); the linear probe (C on val, test reported); the stages' functions, not copies.
+
+The random-init and raw-pixel baselines are computed once per data/eval setting and cached in
+`<out>/baselines-<digest>.json`. One summary line is printed and appended as JSON to
+`<out>/results.jsonl`. Run one at a time: two runs on 2 cores measure the scheduler, not the config.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
 
+from pipeline.collapse import collapse_stats
 from pipeline.config import EvalParams, MaskParams, ModelParams, TrainParams, load_section
-from pipeline.eval.features import build_cache, load_features, snapshot_set
+from pipeline.data.shards import read_manifest
+from pipeline.eval.features import SPLITS, Extractor, FeatureSet, extract, split_batches, subset_keys
+from pipeline.eval.knn import knn_accuracy
 from pipeline.eval.linear import linear_probe
 from pipeline.eval.lowshot import lowshot_eval
+from pipeline.ijepa.export import load_encoder, random_encoder
 from pipeline.ijepa.train import RunPaths, pretrain
+
+SHARDS, MANIFEST = Path("data/shards"), Path("data/manifest.csv")
 
 
 def section(name: str, cls: type, overrides: dict) -> object:
@@ -30,51 +43,69 @@ def section(name: str, cls: type, overrides: dict) -> object:
     return cls(**{**base, **overrides.get(name, {})})
 
 
-def probe_encoder(encoder: Path, features_dir: Path, ev: EvalParams, snapshots_dir: Path | None = None) -> dict:
-    """The `features` extraction plus the stages' linear and 10-shot probes, encoder vs random init
-    (and the linear probe of each snapshot, when `snapshots_dir` holds an index)."""
-    build_cache(
-        encoder,
-        "data/shards",
-        features_dir,
-        manifest="data/manifest.csv",
-        snapshots_dir=snapshots_dir,
-        last_layers=ev.last_layers,
-        max_train=ev.max_train,
-        snapshot_max_images=ev.snapshot_max_images,
-        subset_seed=ev.subset_seed,
-        precision=ev.precision,
+def feature_sets(encoder: Path, ev: EvalParams, with_baselines: bool) -> dict[str, dict[str, FeatureSet]]:
+    """{set: {split: FeatureSet}} for the encoder (and the random-init / raw-pixel baselines), on the
+    `features` stage's subset of keys (eval.max_train stratified train images, seed eval.subset_seed)."""
+    model = load_encoder(encoder)
+    meta = model.ijepa_meta
+    extractors = [Extractor("encoder", model)]
+    if with_baselines:
+        extractors += [Extractor("random_init", random_encoder(meta, ev.random_init_seed)), Extractor("raw_pixels")]
+    rows = read_manifest(MANIFEST)
+    out: dict[str, dict[str, FeatureSet]] = {}
+    for split in SPLITS:
+        split_rows = [r for r in rows if r["split"] == split]
+        keys, labels = [r["key"] for r in split_rows], [int(r["label"]) for r in split_rows]
+        keep = subset_keys(keys, labels, ev.max_train, ev.subset_seed) if split == "train" else None
+        exs = [Extractor(e.name, e.model, keep) for e in extractors]
+        norm = meta["normalization"]
+        got = extract(split_batches(SHARDS / split, ev.batch_size, keep), exs, norm["mean"], norm["std"],
+                      last_layers=ev.last_layers, precision=ev.precision, desc=split)  # fmt: skip
+        for name, fs in got.items():
+            out.setdefault(name, {})[split] = fs
+    return out
+
+
+def quality(splits: dict[str, FeatureSet], ev: EvalParams) -> dict:
+    """Collapse measures, centred kNN, honest 10-shot and the linear probe of one feature set."""
+    row = collapse_stats(splits["train"].features)
+    knn = knn_accuracy(splits["train"], splits["test"], [10, 20], temperature=ev.knn_temperature)
+    probe = linear_probe(splits["train"], splits["val"], splits["test"], ev.c_grid, patience=ev.c_patience)
+    low = lowshot_eval(splits["train"], splits["val"], splits["test"], [10], ev.lowshot_seeds, ev.c_grid,
+                       patience=ev.c_patience, cv_folds=ev.lowshot_cv_folds)  # fmt: skip
+    row.update(
+        knn10=round(knn[10], 4),
+        knn20=round(knn[20], 4),
+        k10=round(low["k10"].mean, 4),
+        linear=round(probe.test_top1, 4),
+        linear_val=round(probe.val_top1, 4),
+        best_c=probe.best_c,
     )
-    row: dict = {}
-    for set_name in ("encoder", "random_init"):
-        s = load_features(features_dir, set_name)
-        probe = linear_probe(s["train"], s["val"], s["test"], ev.c_grid, patience=ev.c_patience)
-        low = lowshot_eval(
-            s["train"], s["val"], s["test"], [10], ev.lowshot_seeds, ev.c_grid, percent=None, patience=ev.c_patience
-        )
-        row[set_name] = {
-            "val": round(probe.val_top1, 4),
-            "test": round(probe.test_top1, 4),
-            "best_c": probe.best_c,
-            "k10": round(low["k10"].mean, 4),
-        }
-    snap_index = snapshots_dir / "index.json" if snapshots_dir is not None else None
-    snaps = json.loads(snap_index.read_text()) if snap_index is not None and snap_index.is_file() else []
-    for snap in snaps:
-        s = load_features(features_dir, snapshot_set(int(snap["step"])))
-        probe = linear_probe(s["train"], s["val"], s["test"], ev.c_grid, patience=ev.c_patience)
-        row.setdefault("snapshots", {})[int(snap["step"])] = round(probe.test_top1, 4)
     return row
 
 
+def probe_encoder(encoder: Path, ev: EvalParams, out_dir: Path) -> dict:
+    """{"encoder": quality row, "random_init": …, "raw_pixels": …} (baselines cached in out_dir)."""
+    digest = hashlib.sha256(MANIFEST.read_bytes() + ev.model_dump_json().encode()).hexdigest()[:12]
+    cache = out_dir / f"baselines-{digest}.json"
+    baselines = json.loads(cache.read_text()) if cache.is_file() else None
+    sets = feature_sets(encoder, ev, with_baselines=baselines is None)
+    if baselines is None:
+        baselines = {name: quality(sets[name], ev) for name in ("random_init", "raw_pixels")}
+        cache.write_text(json.dumps(baselines, indent=1))
+    return {"encoder": quality(sets["encoder"], ev), **baselines}
+
+
 def record(out_dir: Path, row: dict, label: str, extra: str = "") -> None:
-    """Append `row` to `<out_dir>/results.jsonl` and print its summary line (encoder vs random init)."""
+    """Append `row` to `<out_dir>/results.jsonl` and print its summary line (encoder vs baselines)."""
     with open(out_dir / "results.jsonl", "a") as fh:
         fh.write(json.dumps(row) + "\n")
-    e, r = row["encoder"], row["random_init"]
+    e, r, p = row["encoder"], row["random_init"], row["raw_pixels"]
     print(
-        f"{label}: linear {e['test']:.4f} (random {r['test']:.4f}, {100 * (e['test'] - r['test']):+.1f}) "
-        f"10-shot {e['k10']:.4f} (random {r['k10']:.4f}, {100 * (e['k10'] - r['k10']):+.1f}) {extra}"
+        f"{label}: rank {e['effective_rank']:.2f} common {e['common_share']:.2f} | "
+        f"kNN10 {100 * e['knn10']:.1f} (random {100 * r['knn10']:.1f}, raw {100 * p['knn10']:.1f}) | "
+        f"10-shot {100 * e['k10']:.1f} (random {100 * r['k10']:.1f}, raw {100 * p['k10']:.1f}) | "
+        f"linear {100 * e['linear']:.1f} (random {100 * r['linear']:.1f}, raw {100 * p['linear']:.1f}) {extra}"
     )
 
 
@@ -83,11 +114,19 @@ def main() -> None:
     ap.add_argument("name")
     ap.add_argument("overrides", nargs="?", default="{}", help="JSON {section: {key: value}}")
     ap.add_argument("--out", default="/tmp/tune")
+    ap.add_argument("--encoder", type=Path, help="probe this encoder instead of pretraining one")
     args = ap.parse_args()
     over = json.loads(args.overrides)
-    run_dir = Path(args.out) / args.name
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.encoder is not None:
+        ev_only: EvalParams = section("eval", EvalParams, over)  # type: ignore[assignment]
+        record(out_dir, {"name": args.name, "encoder_file": str(args.encoder),
+                         **probe_encoder(args.encoder, ev_only, out_dir)}, args.name)  # fmt: skip
+        return
+    run_dir = out_dir / args.name
     paths = RunPaths(
-        Path("data/shards/train"),
+        SHARDS / "train",
         Path("reports/validation.json"),
         run_dir / "encoder.safetensors",
         run_dir / "snapshots",
@@ -96,25 +135,29 @@ def main() -> None:
         run_dir / "dvclive",
     )
     start = time.perf_counter()
+    train_p = section("train", TrainParams, over)
+    train_p = TrainParams(**{**train_p.model_dump(), "snapshots": 0})  # type: ignore[attr-defined]
     report = pretrain(
-        section("model", ModelParams, over),
-        section("mask", MaskParams, over),
-        section("train", TrainParams, over),
+        section("model", ModelParams, over),  # type: ignore[arg-type]
+        section("mask", MaskParams, over),  # type: ignore[arg-type]
+        train_p,
         paths,
         tune_allocator=True,
-    )  # type: ignore[arg-type]
+    )
     assert report is not None
     row: dict = {
         "name": args.name,
         "overrides": over,
         "pretrain_s": round(report["wall_s"], 1),
+        "steps": report["steps"],
         "final_loss": round(report["final_loss"], 5),
         "images_per_s": round(report["images_per_s"], 1),
     }
     ev: EvalParams = section("eval", EvalParams, over)  # type: ignore[assignment]
-    row.update(probe_encoder(paths.encoder, run_dir / "features", ev, paths.snapshots))
+    row.update(probe_encoder(paths.encoder, ev, out_dir))
     row["total_s"] = round(time.perf_counter() - start, 1)
-    record(Path(args.out), row, args.name, f"loss {row['final_loss']} snaps {row.get('snapshots')} {row['total_s']} s")
+    extra = f"| loss {row['final_loss']} {row['steps']} steps {row['pretrain_s']} s (total {row['total_s']} s)"
+    record(out_dir, row, args.name, extra)
 
 
 if __name__ == "__main__":

@@ -110,9 +110,14 @@ class ModelParams(_Section):
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 4.0
+    patch_norm: bool = Field(False, description="LayerNorm on the patch embedding (timm embed_norm_layer)")
+    pos_embed_scale: float = Field(1.0, gt=0.0, description="factor on the fixed sin-cos position embedding")
     pred_embed_dim: int = 64
     pred_depth: int = 3
     pred_num_heads: int = 4
+    predictor_mode: Literal["per_target", "shared"] = Field(
+        "per_target", description="per_target: the original's B*T sequences; shared: one masked sequence per image"
+    )
 
     @model_validator(mode="after")
     def _grid(self) -> ModelParams:
@@ -136,24 +141,32 @@ class MaskParams(_Section):
     target_aspect: Range = (0.75, 1.5)
     context_scale: Range = (0.85, 1.0)
     context_aspect: Range = (1.0, 1.0)
-    min_context: int = Field(4, ge=1)
-    official_compat: bool = False
+    min_context: int = Field(4, ge=1, description="floor on an image's context patches (redraw, then fall back)")
+    context_fill: Literal["pad", "trim"] = Field(
+        "pad", description="equal context lengths in a batch: pad + attention mask, or trim to the shortest"
+    )
+    official_compat: bool = Field(False, description="reproduce the original code's masking flaws (implies trim)")
 
 
 class TrainParams(_Section):
     """`train`: optimisation, schedules, checkpointing (pipeline/ijepa/train.py; docs in params.yaml)."""
 
     seed: int = 0
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(2, ge=1, description="passes over the train split (the run is at least min_steps)")
+    min_steps: int | None = Field(
+        None, ge=1, description="run at least this many updates, however small the dataset (epochs stretched)"
+    )
     batch_size: int = Field(128, ge=1)
     lr: float = 1e-3
     start_lr: float = 1e-4
     final_lr: float = 1e-6
-    warmup_epochs: float = Field(0.25, ge=0.0)
+    warmup_epochs: float = Field(0.25, ge=0.0, description="of `epochs`; scaled with the run when min_steps applies")
     weight_decay: Range = (0.04, 0.4)
     ema: Range = (0.996, 1.0)
     grad_clip: float | None = None
     loss: Literal["smooth_l1", "l2"] = "smooth_l1"
+    var_weight: float = Field(0.0, ge=0.0, description="VICReg variance hinge on pooled context features (0: off)")
+    cov_weight: float = Field(0.0, ge=0.0, description="VICReg covariance penalty on pooled context features (0: off)")
     augment_scale: Range | None = Field(
         (0.3, 1.0), description="random-resized-crop area range (aspect 3/4-4/3) from the full stored image to "
         "model.img_size, in the loader workers; None: no crop (a resize + centre crop when not model-sized)",
@@ -162,7 +175,10 @@ class TrainParams(_Section):
     device: str = "auto"
     compile: bool = False
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="autocast dtype of the forward pass; auto: bf16 on CUDA, fp32 on CPU"
+        "auto", description="autocast dtype of the forward pass; auto: bf16 on CUDA and on CPUs with native bf16"
+    )
+    collapse_warn_rank: float | None = Field(
+        2.0, ge=0.0, description="warn when the pooled target features' effective rank falls below this"
     )
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     snapshots: int = Field(4, ge=0, description="intermediate encoder snapshots for accuracy-vs-time")
@@ -185,8 +201,10 @@ class EvalParams(_Section):
     lowshot_k: list[int] = Field(default_factory=lambda: [1, 5, 10, 25])
     lowshot_seeds: int = Field(5, ge=1)
     lowshot_percent: float | None = Field(1.0, gt=0.0, le=100.0)
+    lowshot_cv_folds: int = Field(5, ge=2, description="C of a low-shot probe: CV folds inside its own subset")
     knn_k: list[int] = Field(default_factory=lambda: [10, 20, 200])
     knn_temperature: float = Field(0.07, gt=0.0)
+    knn_center: bool = Field(True, description="subtract the train mean before cosine similarity (DINO-style)")
     random_init_seed: int = 0
     crop_ratio: float = Field(0.875, gt=0.0, le=1.0, description="eval resize + centre crop of images not "
                               "already model-sized: shorter side to img_size / crop_ratio (256 -> 224)")  # fmt: skip
@@ -198,7 +216,9 @@ class RegisterParams(_Section):
     The gate compares `metric` (a key of reports/eval_linear.json, a fraction in [0, 1]) with
     `min_linear_top1`, and the margin of `margin_metric` (a key of eval_linear.json or
     eval_lowshot.json; `None` = `metric`) over each baseline (`baseline.random.<margin_metric>`,
-    `baseline.raw.<margin_metric>`) with the minimum margins; a `None` threshold is not checked.
+    `baseline.raw.<margin_metric>`) with the minimum margins, and the encoder's
+    `collapse.effective_rank` (eval_linear.json) with `min_effective_rank`; a `None` threshold is not
+    checked.
     """
 
     artifact: str = Field("ijepa-encoder", pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -207,6 +227,9 @@ class RegisterParams(_Section):
     min_linear_top1: float = Field(0.0, ge=0.0, le=1.0)
     min_margin_over_random: float | None = 0.0
     min_margin_over_raw: float | None = None
+    min_effective_rank: float | None = Field(
+        None, ge=0.0, description="collapse gate: effective rank of the encoder's pooled train features (None: off)"
+    )
     require_validation: bool = True
     enforce_gate: bool = Field(True, description="false: a failed gate is recorded (not promotable to prod)")
     source_hash_max_bytes: int = Field(2_000_000_000, ge=0, description="hash the source dataset up to this size")

@@ -43,6 +43,7 @@ REPORTS = {
 }
 PARAM_SECTIONS = ("data", "model", "mask", "train", "eval")
 SHARDS, MANIFEST = "data/shards", "data/manifest.csv"
+RANK_KEY = "collapse.effective_rank"  # eval_linear.json (pipeline/collapse.py)
 
 
 class RegistryInputError(RuntimeError):
@@ -116,6 +117,17 @@ def evaluate_gate(params: RegisterParams, metrics: dict, validation: dict | None
                 minimum,
                 passed,
                 f"register.min_margin_over_{name}",
+            )
+        )
+    if params.min_effective_rank is not None:
+        rank = _number(metrics, RANK_KEY)
+        checks.append(
+            GateCheck(
+                f"effective rank of the encoder's pooled features ({RANK_KEY}; collapsed encoders score ~1-2)",
+                rank,
+                params.min_effective_rank,
+                rank is not None and rank >= params.min_effective_rank,
+                "register.min_effective_rank",
             )
         )
     if params.require_validation:

@@ -21,6 +21,16 @@ def _natural(key: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
+def _num(value: Any) -> str:
+    return f"{float(value):.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "–"
+
+
+COLLAPSE_ROWS = (
+    ("effective rank of the pooled features (of the width; RankMe)", "collapse.effective_rank", _num),
+    ("share of feature energy common to every image", "collapse.common_share", _pct),
+)
+
+
 def _results_table(linear: dict, lowshot: dict) -> list[str]:
     rows: list[tuple[str, str, dict]] = [
         ("linear probe, test top-1", "linear.test_top1", linear),
@@ -49,6 +59,10 @@ def _results_table(linear: dict, lowshot: dict) -> list[str]:
         cell = _pct(report[key]) + (f" ± {_pct(report[std_key])}" if std_key and std_key in report else "")
         base = [_pct(report.get(f"baseline.{name}.{key}")) for name, _ in BASELINES]
         lines.append(f"| {label} | {cell} | " + " | ".join(base) + " |")
+    for label, key, fmt in COLLAPSE_ROWS:
+        if key in linear:
+            base = [fmt(linear.get(f"baseline.{name}.{key}")) for name, _ in BASELINES]
+            lines.append(f"| {label} | {fmt(linear[key])} | " + " | ".join(base) + " |")
     return lines
 
 
@@ -113,8 +127,13 @@ def model_card(entry: dict[str, Any]) -> str:
         "",
         "## Results",
         "",
-        "Frozen target encoder, average-pooled last-layer tokens; logistic-regression probe with C chosen on "
-        "the validation split; test split reported. Baselines use the same protocol.",
+        "Frozen target encoder, average-pooled last-layer tokens; test split reported; the baselines get "
+        "exactly the same protocols. Linear probe: logistic regression on standardised features, C chosen on "
+        "the validation split. kNN: cosine similarity of features centred with the train mean, exp(sim/0.07) "
+        "votes. Low-shot: k labelled train images per class (mean ± std over seeds), C chosen by "
+        "cross-validation **inside those k labels** (k = 1: the strongest regularisation of the grid), so a "
+        "k-shot number uses only k labels per class. Collapse: effective rank and common-energy share of "
+        "the pooled train features (a collapsed encoder has rank ~1-2).",
         "",
         *_results_table(linear, lowshot),
         "",

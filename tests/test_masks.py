@@ -20,15 +20,51 @@ def _block_extent(idx: np.ndarray, width: int) -> tuple[int, int, int, int]:
     return rows.min(), rows.max(), cols.min(), cols.max()
 
 
-def test_shapes_sorted_and_equal_lengths():
-    c = _collator((8, 8))
+def test_shapes_sorted_and_equal_lengths_when_trimmed():
+    c = _collator((8, 8), context_fill="trim")
     m = c.sample(16, step=3)
     b, t, nt = m.targets.shape
     assert (b, t) == (16, 4)
     assert m.context.shape[0] == 16 and m.context.dtype == torch.long
-    assert m.context.shape[1] >= 4
+    assert m.context.shape[1] >= 4 and m.context_valid is None
     assert torch.all(m.context[:, 1:] > m.context[:, :-1])  # sorted, unique
     assert int(m.context_raw_len.min()) == m.context.shape[1]
+
+
+def test_padding_keeps_every_context_patch_and_marks_the_pad():
+    c = _collator((7, 7), min_context=16)
+    m = c.sample(64, step=3)
+    assert m.context_valid is not None and m.context_valid.shape == m.context.shape
+    lengths = m.context_lengths
+    assert torch.equal(lengths, m.context_raw_len)  # nothing trimmed
+    assert m.context.shape[1] == int(lengths.max())
+    assert len(set(lengths.tolist())) > 3  # lengths really differ per image
+    assert int(lengths.min()) >= 16 and float(lengths.float().mean()) > 20  # min_context is only a floor
+    for row, valid, n in zip(m.context, m.context_valid, lengths, strict=True):
+        real = row[: int(n)]
+        assert bool(valid[: int(n)].all()) and not bool(valid[int(n) :].any())  # real first, then pad
+        assert torch.all(real[1:] > real[:-1])
+        assert torch.all(row[int(n) :] == real[0])  # pad repeats a context patch, never a target one
+
+
+def test_targets_are_kept_when_the_context_is_redrawn():
+    # the targets of (seed, step) do not depend on how often the context had to be redrawn
+    loose = _collator((7, 7), min_context=1).sample(32, step=5)
+    strict = _collator((7, 7), min_context=30).sample(32, step=5)
+    assert torch.equal(loose.targets, strict.targets)
+    assert not torch.equal(loose.context_raw_len, strict.context_raw_len)
+    assert int(strict.context_raw_len.min()) >= 20  # redraws and fallbacks reached the larger floor or close
+
+
+@pytest.mark.parametrize("compat", [False, True])
+def test_context_block_covers_the_whole_grid_only_outside_compat(compat):
+    h = w = 7
+    c = _collator((h, w), num_targets=1, target_scale=(0.02, 0.02), context_scale=(1.0, 1.0), official_compat=compat)
+    m = c.sample(16, step=0)
+    n_target = m.targets.shape[-1]
+    expected = h * w - n_target if not compat else (h - 1) * (w - 1)  # compat caps blocks at H-1 x W-1
+    assert int(m.context_raw_len.max()) <= expected
+    assert (int(m.context_raw_len.max()) == expected) is (not compat)
 
 
 def test_targets_are_full_rectangles_within_ranges():
@@ -98,7 +134,7 @@ def test_trimming_not_biased_toward_dropping_high_indices():
     """Compat keeps the lowest indices: the bottom-right is always dropped. Ours is unbiased."""
 
     def kept_fraction_bottom_half(compat: bool) -> float:
-        c = _collator((8, 8), official_compat=compat)
+        c = _collator((8, 8), official_compat=compat, context_fill="trim")
         kept_bottom, avail_bottom = 0, 0
         for step in range(60):
             m = c.sample(16, step)
@@ -138,7 +174,8 @@ def test_collate_fn_and_stats():
     assert images.shape == (4, 1, 16, 16) and labels.tolist() == [0, 1, 2, 0]
     assert torch.equal(batches[1][2].targets, c.sample(4, 1).targets)  # internal step counter
     stats = mask_stats(masks, (4, 4))
-    assert stats["mask/context_len"] == masks.context.shape[1]
+    assert stats["mask/context_len"] == float(masks.context_lengths.float().mean())
+    assert stats["mask/context_padded_len"] == masks.context.shape[1]
     assert 0 < stats["mask/target_union_frac"] <= 1
     c.set_step(10)
     assert torch.equal(c([data[0], data[1]])[2].targets, c.sample(2, 10).targets)

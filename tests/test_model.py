@@ -90,7 +90,8 @@ def test_loss_target_definition_and_stats():
     with torch.no_grad():
         h = F.layer_norm(model.target_encoder(x), (32,))
         target = gather_tokens(h, m.targets)
-        pred = model.predictor(model.context_encoder(x, m.context), m.context, m.targets)
+        z = model.context_encoder(x, m.context, m.context_valid)
+        pred = model.predictor(z, m.context, m.targets, m.context_valid)
     assert torch.allclose(loss, F.smooth_l1_loss(pred, target), atol=1e-6)
     l2, _ = model(x, m, loss="l2", stats=False)
     assert torch.allclose(l2, ((pred - target) ** 2).mean(), atol=1e-6)
@@ -98,6 +99,42 @@ def test_loss_target_definition_and_stats():
     assert 1.0 <= stats["target_eff_rank"] <= 4.0 and stats["target_std"] > 0
     with pytest.raises(ValueError, match="unknown loss"):
         model(x, m, loss="l1")
+
+
+def _padded_masks(batch: int = 6):
+    params = MaskParams(num_targets=2, target_scale=(0.1, 0.2), context_scale=(0.5, 1.0), min_context=2)
+    for step in range(50):
+        m = MultiBlockMaskCollator(TINY.grid, params, seed=0).sample(batch, step)
+        if m.context_valid is not None and not bool(m.context_valid.all()):
+            return m
+    raise AssertionError("no batch with padding drawn")
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_padded_context_never_attends_or_is_attended(fused: bool):
+    model = IJEPA(TINY).eval()
+    model.use_fused_attention(fused)
+    x = torch.randn(6, 1, 16, 16)
+    m = _padded_masks()
+    with torch.no_grad():
+        pred = model.predict(x, m)
+        # each image alone with only its real context patches (no padding, no mask): the same numbers
+        for i, n in enumerate(m.context_lengths.tolist()):
+            alone = model.predictor(
+                model.context_encoder(x[i : i + 1], m.context[i : i + 1, :n]),
+                m.context[i : i + 1, :n],
+                m.targets[i : i + 1],
+            )
+            assert torch.allclose(pred[i : i + 1], alone, atol=1e-5)
+        # whatever the padding slots hold (here: random patches, targets included), nothing changes
+        other = m.context.clone()
+        pad = ~m.context_valid
+        other[pad] = torch.randint(0, 16, (int(pad.sum()),))
+        swapped = type(m)(other, m.targets, m.context_raw_len, m.fallbacks, m.context_valid)
+        assert torch.allclose(model.predict(x, swapped), pred, atol=1e-6)
+        # and the mask is what guarantees it: ignoring it changes the predictions
+        unmasked = type(m)(other, m.targets, m.context_raw_len, m.fallbacks, None)
+        assert not torch.allclose(model.predict(x, unmasked), pred, atol=1e-4)
 
 
 def test_fused_and_explicit_attention_agree():
@@ -225,3 +262,27 @@ def test_saved_encoder_bytes_do_not_depend_on_the_process(tmp_path: Path) -> Non
         subprocess.run([sys.executable, "-c", code, str(out)], check=True, cwd=Path(__file__).resolve().parents[1])
         digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
     assert len(digests) == 1
+
+
+def test_shared_context_predictor():
+    m = _padded_masks()
+    ctx = torch.randn(6, m.context.shape[1], 32)
+    one = {mode: Predictor(16, 32, 16, 1, 2, grid=(4, 4), mode=mode) for mode in ("per_target", "shared")}
+    one["shared"].load_state_dict(one["per_target"].state_dict())
+    with torch.no_grad():  # one block: both modes are the same math
+        a, b = (one[k](ctx, m.context, m.targets, m.context_valid) for k in ("per_target", "shared"))
+    assert torch.allclose(a, b, atol=1e-5)
+    deep = Predictor(16, 32, 16, 3, 2, grid=(4, 4), mode="shared").eval()
+    with torch.no_grad():
+        out = deep(ctx, m.context, m.targets, m.context_valid)
+        # blocks never see each other: moving target 1 leaves target 0's prediction unchanged
+        moved = m.targets.clone()
+        moved[:, 1] = (moved[:, 1] + 5) % 16
+        again = deep(ctx, m.context, moved, m.context_valid)
+        assert torch.allclose(out[:, 0], again[:, 0], atol=1e-6) and not torch.allclose(out[:, 1], again[:, 1])
+        # padding is ignored here too: each image alone with its real context gives the same numbers
+        for i, n in enumerate(m.context_lengths.tolist()):
+            alone = deep(ctx[i : i + 1, :n], m.context[i : i + 1, :n], m.targets[i : i + 1])
+            assert torch.allclose(out[i : i + 1], alone, atol=1e-5)
+    with pytest.raises(ValueError, match="predictor mode"):
+        Predictor(16, 32, 16, 1, 2, grid=(4, 4), mode="bogus")

@@ -59,6 +59,17 @@ def test_gate_margin_can_be_taken_on_a_lowshot_metric() -> None:
     assert [c.param for c in missing] == ["register.min_margin_over_random"] and missing[0].observed is None
 
 
+def test_gate_refuses_a_collapsed_encoder_naming_the_effective_rank() -> None:
+    params = RegisterParams(min_effective_rank=5.0, min_margin_over_random=None, require_validation=False)
+    collapsed = {**LINEAR, "collapse.effective_rank": 1.3}
+    unmet = [c for c in evaluate_gate(params, collapsed, None) if not c.passed]
+    assert [c.param for c in unmet] == ["register.min_effective_rank"]
+    assert "effective rank" in unmet[0].name and "observed 1.3000, required >= 5.0000" in unmet[0].describe()
+    assert all(c.passed for c in evaluate_gate(params, {**LINEAR, "collapse.effective_rank": 9.5}, None))
+    missing = [c for c in evaluate_gate(params, LINEAR, None) if not c.passed]  # no rank in the report: fails
+    assert [c.param for c in missing] == ["register.min_effective_rank"] and missing[0].observed is None
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project_copy(tmp_path_factory, "registry")

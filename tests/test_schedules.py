@@ -7,7 +7,7 @@ import math
 import pytest
 
 from pipeline.config import TrainParams
-from pipeline.ijepa.schedules import Schedules, lr_at, momentum_at, wd_at
+from pipeline.ijepa.schedules import Schedules, lr_at, momentum_at, run_length, wd_at
 
 TOTAL, WARMUP = 101, 20
 
@@ -51,3 +51,15 @@ def test_schedules_from_params_and_edge_cases() -> None:
     assert all(math.isfinite(v) for v in (lr_at(0, 1, 5, 1e-4, 1e-3, 0.0), wd_at(0, 1, 0.04, 0.4)))
     with pytest.raises(ValueError):
         Schedules.from_params(params, steps_per_epoch=0, total_steps=0)
+
+
+def test_min_steps_stretches_small_datasets_and_keeps_the_warmup_share() -> None:
+    params = TrainParams(epochs=2, warmup_epochs=0.25, min_steps=900)
+    assert run_length(params, steps_per_epoch=429) == 900  # 55k images at batch 128: 858 < 900
+    assert run_length(params, steps_per_epoch=62) == 900  # 8k images: 124 steps without min_steps
+    assert run_length(params, steps_per_epoch=1000) == 2000  # large data: epochs rule
+    assert run_length(TrainParams(epochs=2), steps_per_epoch=62) == 124  # no floor set
+    small = Schedules.from_params(params, steps_per_epoch=62, total_steps=900)
+    assert small.warmup_steps == round(0.125 * 900)  # warmup_epochs / epochs of the run
+    unstretched = Schedules.from_params(params, steps_per_epoch=1000, total_steps=2000)
+    assert unstretched.warmup_steps == 250  # exactly warmup_epochs x steps_per_epoch

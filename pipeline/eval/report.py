@@ -7,7 +7,9 @@ under a prefix for the baselines (`pipeline.eval.baselines`):
     linear.val_top1  linear.test_top1  linear.test_top5      val = C selection / sweeps; test = the result
     linear.best_c  linear.train_size  linear.fit_split       fit_split = "train" (no refit on train+val)
     linear.class<i>.test_top1                                per-class test top-1 (encoder only)
-    knn.k<k>.test_top1                                       weighted kNN, one per eval.knn_k
+    knn.k<k>.test_top1                                       weighted kNN (centred features), one per eval.knn_k
+    collapse.effective_rank  collapse.common_share           of the train features (pipeline/collapse.py)
+    collapse.dim_std_mean  collapse.dim_std_min  collapse.dead_dim_fraction
     lowshot.k<k>.mean  lowshot.k<k>.std                      k labelled images per class, over seeds
     lowshot.pct<p>.mean  lowshot.pct<p>.std  lowshot.pct<p>.train_size   p % of labels ("0.5" -> "0_5")
     baseline.raw.<key>  baseline.random.<key>                raw pixels / random-init encoder, same key
@@ -27,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.atomic import write_csv_atomic, write_json_atomic
+from pipeline.collapse import collapse_stats
 from pipeline.config import EvalParams, ParamsError, load_section
 from pipeline.eval.baselines import BASELINES, ENCODER, SETS, Metrics, compare, evaluate_sets
 from pipeline.eval.features import FeatureSet, load_features, read_index
@@ -57,8 +60,11 @@ def linear_metrics(splits: dict[str, FeatureSet], params: EvalParams) -> Metrics
         "linear.fit_split": "train",
     }
     out.update({f"linear.class{i}.test_top1": _r(a) for i, a in enumerate(probe.per_class)})
-    knn = knn_accuracy(splits["train"], splits["test"], params.knn_k, temperature=params.knn_temperature)
+    knn = knn_accuracy(
+        splits["train"], splits["test"], params.knn_k, temperature=params.knn_temperature, center=params.knn_center
+    )
     out.update({f"knn.k{k}.test_top1": _r(a) for k, a in knn.items()})
+    out.update({f"collapse.{k}": v for k, v in collapse_stats(splits["train"].features).items()})
     return out
 
 
@@ -106,6 +112,7 @@ def lowshot_metrics(splits: dict[str, FeatureSet], params: EvalParams, train_spl
     results = lowshot_eval(
         splits["train"], splits["val"], splits["test"], params.lowshot_k, params.lowshot_seeds, params.c_grid,
         percent=params.lowshot_percent, percent_base=train_split_size, patience=params.c_patience,
+        cv_folds=params.lowshot_cv_folds,
     )  # fmt: skip
     out: Metrics = {}
     for name, res in results.items():

@@ -46,12 +46,16 @@ def encoder_meta(
         "fc_norm": False,
         "num_classes": 0,
     }
+    if p.patch_norm:
+        kwargs["embed_norm_layer"] = "layernorm"
     mean, std = list(normalization["mean"]), list(normalization["std"])
     if len(mean) != p.in_chans or len(std) != p.in_chans:
         raise ValueError(f"normalization has {len(mean)} means / {len(std)} stds for {p.in_chans} channels")
+    extra = {"pos_embed_scale": float(p.pos_embed_scale)} if p.pos_embed_scale != 1.0 else {}
     return {
         "format": FORMAT,
         "timm_kwargs": kwargs,
+        **extra,
         "grid": list(p.grid),
         "normalization": {"mean": [float(v) for v in mean], "std": [float(v) for v in std]},
         "step": int(step),
@@ -124,11 +128,16 @@ def load_encoder(path: str | Path) -> VisionTransformer:
 
 
 def random_encoder(meta: Mapping[str, Any], seed: int) -> VisionTransformer:
-    """The same architecture initialised as pretraining initialises it (seeded), sin-cos positions."""
+    """The same architecture initialised as pretraining initialises it (seeded), sin-cos positions (scaled
+    by the meta's `pos_embed_scale`, as in pretraining)."""
     kwargs = meta["timm_kwargs"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        ours = VisionTransformerEncoder(**{k: kwargs[k] for k in _ENCODER_ARGS})
+        ours = VisionTransformerEncoder(
+            **{k: kwargs[k] for k in _ENCODER_ARGS},
+            patch_norm=kwargs.get("embed_norm_layer") == "layernorm",
+            pos_scale=float(meta.get("pos_embed_scale", 1.0)),
+        )
     vit = VisionTransformer(**kwargs, weight_init="skip")
     vit.load_state_dict(ours.state_dict(), strict=True)
     vit.ijepa_meta = dict(meta)

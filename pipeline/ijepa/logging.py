@@ -10,6 +10,7 @@ removed the old files before re-running the stage. Only rank 0 logs; other ranks
 from __future__ import annotations
 
 import math
+import resource
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,13 @@ from typing import Any
 
 import torch
 from tqdm import tqdm
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated CUDA memory, or the process's peak RSS on CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 class Meter:
@@ -106,6 +114,14 @@ class RunLogger:
         """A line on stderr that does not break the progress bar."""
         if self.enabled:
             tqdm.write(text, file=sys.stderr)
+
+    def warn_low_rank(self, step: int, rank: float, threshold: float | None) -> None:
+        """A warning line when the pooled target features' effective rank is below `threshold`."""
+        if threshold is not None and 0 < rank < threshold:
+            self.message(
+                f"pretrain: warning: step {step}: effective rank of the pooled target features is {rank:.2f} "
+                f"(< train.collapse_warn_rank {threshold:g}): the encoder is collapsing to a few directions"
+            )
 
     def close(self) -> None:
         if self.bar is not None:

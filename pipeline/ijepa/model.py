@@ -20,6 +20,7 @@ from timm.layers import LayerNorm, PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from pipeline.collapse import effective_rank
 from pipeline.config import ModelParams
 from pipeline.ijepa.masks import Masks
 
@@ -81,6 +82,21 @@ def _blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.Sequen
     return nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm) for _ in range(depth)])
 
 
+def key_padding_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
+    """Boolean attention mask [B, 1, 1, N] (True = may be attended to) from a [B, N] validity mask, in
+    the form timm blocks and scaled_dot_product_attention take in any dtype. None stays None."""
+    return None if valid is None else valid[:, None, None, :]
+
+
+def run_blocks(blocks: nn.Sequential, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """timm blocks in order, with an optional boolean attention mask."""
+    if mask is None:
+        return blocks(x)
+    for blk in blocks:
+        x = blk(x, attn_mask=mask)
+    return x
+
+
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x [B, N, D], idx [B, ...] -> [B, ..., D] (tokens picked per image)."""
     b, d = x.shape[0], x.shape[-1]
@@ -91,7 +107,10 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 class VisionTransformerEncoder(nn.Module):
     """ViT without class token; state dict == timm VisionTransformer(class_token=False, global_pool='avg',
-    fc_norm=False, num_classes=0). `forward(x, keep)` encodes only the kept patches (pos added first)."""
+    fc_norm=False, num_classes=0[, embed_norm_layer='layernorm' with `patch_norm`]). `pos_scale` scales the
+    fixed sin-cos position embedding (stored as the `pos_embed` tensor, so timm loads it as is).
+    `forward(x, keep, keep_valid)` encodes only the kept patches (pos added
+    first); `keep_valid` [B, Nk] marks padding in `keep` that attention must ignore."""
 
     def __init__(
         self,
@@ -102,6 +121,8 @@ class VisionTransformerEncoder(nn.Module):
         depth: int,
         num_heads: int,
         mlp_ratio: float = 4.0,
+        patch_norm: bool = False,
+        pos_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self._kwargs = dict(
@@ -113,14 +134,24 @@ class VisionTransformerEncoder(nn.Module):
             num_heads=num_heads,
             mlp_ratio=float(mlp_ratio),
         )
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
+        if patch_norm:  # timm: VisionTransformer(embed_norm_layer="layernorm")
+            self._kwargs["embed_norm_layer"] = "layernorm"
+        norm = LayerNorm if patch_norm else None
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, norm_layer=norm
+        )
         self.grid = tuple(self.patch_embed.grid_size)
         self.num_patches = self.patch_embed.num_patches
-        self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, self.grid), requires_grad=False)
+        self.pos_embed = nn.Parameter(pos_scale * sincos_pos_embed(embed_dim, self.grid), requires_grad=False)
         self.blocks = _blocks(embed_dim, depth, num_heads, mlp_ratio)
         self.norm = LayerNorm(embed_dim)
         init_weights(self)
         rescale_blocks(self.blocks)
+
+    @classmethod
+    def from_params(cls, p: ModelParams) -> VisionTransformerEncoder:
+        return cls(p.img_size, p.patch_size, p.in_chans, p.embed_dim, p.depth, p.num_heads, p.mlp_ratio,
+                   patch_norm=p.patch_norm, pos_scale=p.pos_embed_scale)  # fmt: skip
 
     def timm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the timm VisionTransformer that this state dict loads into."""
@@ -133,19 +164,28 @@ class VisionTransformerEncoder(nn.Module):
             "num_classes": 0,
         }
 
-    def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, keep: torch.Tensor | None = None, keep_valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = self.patch_embed(x) + self.pos_embed
         if keep is not None:
             x = gather_tokens(x, keep)
-        return self.norm(self.blocks(x))
+        return self.norm(run_blocks(self.blocks, x, key_padding_mask(keep_valid)))
 
 
 class Predictor(nn.Module):
     """Narrow ViT predicting target-patch representations from context tokens.
 
-    All T targets of an image run in one batched pass: B*T sequences of [context ; Nt mask tokens].
-    The last block computes attention queries, projection and MLP only for the target tokens (the
-    context outputs of the last block are never used), which is the same math with less work.
+    All T targets of an image run in one batched pass. `mode="per_target"` (the original's math): B*T
+    sequences of [context ; Nt mask tokens], every token attending to every other, so the context
+    tokens of each sequence also see that target's mask tokens. `mode="shared"`: B sequences of
+    [context ; T*Nt mask tokens] under an attention mask: context tokens attend to the context only,
+    the mask tokens of block t to the context and to block t, so blocks never see each other; the
+    context is computed once instead of T times (about T x fewer context tokens in the predictor).
+    The two agree exactly for a one-block predictor and differ beyond it (the context no longer
+    conditions on the targets). The last block computes attention queries, projection and MLP only
+    for the target tokens (the context outputs of the last block are never used), which is the same
+    math with less work. Padded context tokens (`ctx_valid` False) are masked out of every attention.
     """
 
     def __init__(
@@ -157,8 +197,12 @@ class Predictor(nn.Module):
         num_heads: int,
         mlp_ratio: float = 4.0,
         grid: tuple[int, int] | None = None,
+        mode: str = "per_target",
     ) -> None:
         super().__init__()
+        if mode not in ("per_target", "shared"):
+            raise ValueError(f"predictor mode must be 'per_target' or 'shared', got {mode!r}")
+        self.mode = mode
         side = int(round(math.sqrt(num_patches)))
         grid = grid or (side, side)
         if grid[0] * grid[1] != num_patches:
@@ -173,28 +217,58 @@ class Predictor(nn.Module):
         trunc_normal_(self.mask_token, std=INIT_STD)
         rescale_blocks(self.predictor_blocks)
 
-    def forward(self, ctx_tokens: torch.Tensor, ctx_idx: torch.Tensor, tgt_idx: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        ctx_tokens: torch.Tensor,
+        ctx_idx: torch.Tensor,
+        tgt_idx: torch.Tensor,
+        ctx_valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         b, nc, _ = ctx_tokens.shape
         _, t, nt = tgt_idx.shape
         pos = self.predictor_pos_embed.expand(b, -1, -1)
         x = self.predictor_embed(ctx_tokens) + gather_tokens(pos, ctx_idx)  # [B, Nc, Dp]
         dp = x.shape[-1]
-        x = x.unsqueeze(1).expand(b, t, nc, dp).reshape(b * t, nc, dp)
-        q = (self.mask_token + gather_tokens(pos, tgt_idx)).reshape(b * t, nt, dp)
-        x = torch.cat([x, q], dim=1)
-        for blk in self.predictor_blocks[:-1]:
-            x = blk(x)
-        x = _last_block_tail(self.predictor_blocks[-1], x, nc)
+        q = self.mask_token + gather_tokens(pos, tgt_idx)  # [B, T, Nt, Dp]
+        if self.mode == "shared":
+            x = torch.cat([x, q.reshape(b, t * nt, dp)], dim=1)
+            mask = shared_context_mask(nc, t, nt, ctx_valid, x.device)
+        else:
+            x = x.unsqueeze(1).expand(b, t, nc, dp).reshape(b * t, nc, dp)
+            x = torch.cat([x, q.reshape(b * t, nt, dp)], dim=1)
+            mask = None
+            if ctx_valid is not None:
+                valid = torch.cat([ctx_valid, ctx_valid.new_ones(b, nt)], dim=1)  # queries are always real
+                mask = key_padding_mask(valid.repeat_interleave(t, dim=0))
+        x = run_blocks(self.predictor_blocks[:-1], x, mask)
+        x = _last_block_tail(self.predictor_blocks[-1], x, nc, mask)
         x = self.predictor_proj(self.predictor_norm(x))
         return x.reshape(b, t, nt, -1)
 
 
-def _last_block_tail(blk: Block, x: torch.Tensor, start: int) -> torch.Tensor:
-    """Output of timm `blk(x)[:, start:]` computing queries, projection and MLP only for those tokens."""
+def shared_context_mask(nc: int, t: int, nt: int, ctx_valid: torch.Tensor | None, device: torch.device) -> torch.Tensor:
+    """Boolean attention mask [B or 1, 1, L, L], L = nc + t*nt, of the shared-context predictor: every
+    token may attend to the (real) context; a mask token also to the tokens of its own block."""
+    n = nc + t * nt
+    block = torch.arange(n, device=device)
+    block = torch.where(block < nc, -1, (block - nc) // nt)  # -1: context, else target block id
+    allowed = (block[None, :] == -1) | (block[:, None] == block[None, :]) & (block[:, None] >= 0)
+    allowed = allowed[None, None]  # [1, 1, L, L]
+    if ctx_valid is not None:
+        keys = torch.cat([ctx_valid, ctx_valid.new_ones(ctx_valid.shape[0], t * nt)], dim=1)
+        allowed = allowed & keys[:, None, None, :]
+    return allowed
+
+
+def _last_block_tail(blk: Block, x: torch.Tensor, start: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Output of timm `blk(x, attn_mask=mask)[:, start:]` computing queries, projection and MLP only for
+    those tokens (`mask`: boolean, True = may be attended to)."""
     attn = blk.attn
     plain = all(isinstance(m, nn.Identity) for m in (attn.q_norm, attn.k_norm, attn.norm, blk.ls1))
     if not plain or getattr(attn, "gate", None) is not None:
-        return blk(x)[:, start:]  # a block variant this shortcut does not cover
+        return blk(x, attn_mask=mask)[:, start:]  # a block variant this shortcut does not cover
+    if mask is not None and mask.shape[-2] > 1:
+        mask = mask[..., start:, :]  # the query rows that are computed
     b, n, _ = x.shape
     heads, hd = attn.num_heads, attn.head_dim
     a = heads * hd
@@ -205,9 +279,12 @@ def _last_block_tail(blk: Block, x: torch.Tensor, start: int) -> torch.Tensor:
     q = q.reshape(b, n - start, heads, hd).transpose(1, 2)
     k, v = kv.reshape(b, n, 2, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
     if attn.fused_attn:
-        o = F.scaled_dot_product_attention(q, k, v)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     else:
-        o = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        scores = (q * attn.scale) @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        o = scores.softmax(dim=-1) @ v
     o = attn.proj(o.transpose(1, 2).reshape(b, n - start, a))
     y = x[:, start:] + blk.drop_path1(o)
     return y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
@@ -222,11 +299,28 @@ def jepa_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1")
     raise ValueError(f"unknown loss {kind!r}: expected 'smooth_l1' or 'l2'")
 
 
-def effective_rank(feats: torch.Tensor) -> float:
-    """exp(entropy) of the normalised singular values of centred features [M, D] (Roy & Vetterli)."""
-    s = torch.linalg.svdvals((feats - feats.mean(0)).double())
-    p = s / s.sum().clamp_min(1e-12)
-    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+def masked_mean(z: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the real tokens of [B, N, D] (`valid` [B, N] bool; None = all) -> [B, D]."""
+    if valid is None:
+        return z.mean(1)
+    w = valid.to(z.dtype).unsqueeze(-1)
+    return (z * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def variance_covariance(
+    feats: torch.Tensor, target_std: float = 1.0, eps: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """VICReg's anti-collapse terms on [B, D] features (Bardes et al. 2022; added to I-JEPA by C-JEPA,
+    Mo & Tong 2024): mean hinge `relu(target_std - std_d)` over dimensions, and the sum of squared
+    off-diagonal covariances divided by D. Computed in fp32."""
+    x = feats.float()
+    x = x - x.mean(0)
+    std = torch.sqrt(x.var(0) + eps)
+    var = F.relu(target_std - std).mean()
+    n, d = x.shape
+    cov = (x.T @ x) / max(n - 1, 1)
+    off = cov - torch.diag(torch.diagonal(cov))
+    return var, (off * off).sum() / d
 
 
 class IJEPA(nn.Module):
@@ -236,9 +330,7 @@ class IJEPA(nn.Module):
         super().__init__()
         p = model_params
         self.params = p
-        self.context_encoder = VisionTransformerEncoder(
-            p.img_size, p.patch_size, p.in_chans, p.embed_dim, p.depth, p.num_heads, p.mlp_ratio
-        )
+        self.context_encoder = VisionTransformerEncoder.from_params(p)
         self.target_encoder = copy.deepcopy(self.context_encoder)
         self.target_encoder.requires_grad_(False)
         self.predictor = Predictor(
@@ -249,6 +341,7 @@ class IJEPA(nn.Module):
             p.pred_num_heads,
             p.mlp_ratio,
             grid=self.context_encoder.grid,
+            mode=p.predictor_mode,
         )
         self._ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
@@ -259,18 +352,36 @@ class IJEPA(nn.Module):
         h = self.target_encoder(images)
         return h, gather_tokens(F.layer_norm(h, (h.shape[-1],)), masks.targets)
 
-    def predict(self, images: torch.Tensor, masks: Masks) -> torch.Tensor:
-        """Context encoder on the context patches, then the predictor -> [B, T, Nt, D]."""
-        z = self.context_encoder(images, keep=masks.context)
-        return self.predictor(z, masks.context, masks.targets)
+    def encode_context(self, images: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """Context encoder on the context patches -> [B, Nc, D] (padding rows included)."""
+        return self.context_encoder(images, keep=masks.context, keep_valid=masks.context_valid)
+
+    def predict(self, images: torch.Tensor, masks: Masks, z: torch.Tensor | None = None) -> torch.Tensor:
+        """Context encoder on the context patches (or its output `z`), then the predictor -> [B, T, Nt, D]."""
+        z = self.encode_context(images, masks) if z is None else z
+        return self.predictor(z, masks.context, masks.targets, masks.context_valid)
 
     def forward(
-        self, images: torch.Tensor, masks: Masks, loss: str = "smooth_l1", stats: bool = True
+        self,
+        images: torch.Tensor,
+        masks: Masks,
+        loss: str = "smooth_l1",
+        stats: bool = True,
+        var_weight: float = 0.0,
+        cov_weight: float = 0.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss averaged over all target patches and blocks. `stats=False` skips the monitors."""
+        """Loss averaged over all target patches and blocks, plus (when its weights are > 0) the
+        variance/covariance regulariser of the pooled context features (`variance_covariance`).
+        `stats=False` skips the monitors."""
         h, target = self.target_representations(images, masks)
-        pred = self.predict(images, masks)
+        z = self.encode_context(images, masks)
+        pred = self.predict(images, masks, z)
         value = jepa_loss(pred, target, loss)
+        reg: dict[str, torch.Tensor] = {}
+        if var_weight > 0 or cov_weight > 0:
+            var, cov = variance_covariance(masked_mean(z, masks.context_valid))
+            value = value + var_weight * var + cov_weight * cov
+            reg = {"reg_var": var.detach(), "reg_cov": cov.detach()}
         out: dict[str, float] = {}
         if stats:
             with torch.no_grad():
@@ -280,8 +391,9 @@ class IJEPA(nn.Module):
                     "target_std": float(pooled.std(0).mean()) if pooled.shape[0] > 1 else 0.0,
                     "pred_std": float(pred.detach().std(0).mean()) if pred.shape[0] > 1 else 0.0,
                     "target_eff_rank": effective_rank(pooled.float()),
-                    "context_len": float(masks.context.shape[1]),
+                    "context_len": float(masks.context_lengths.float().mean()),
                     "target_len": float(masks.targets.shape[2]),
+                    **{k: float(v) for k, v in reg.items()},
                 }
         return value, out
 

@@ -5,6 +5,10 @@ decay (cosine `wd[0] → wd[1]`, i.e. 0.04 → 0.4 *increasing*) and the EMA mom
 `ema[0] → ema[1]`). Everything is a pure function of `(step, total_steps)`: there is no scheduler
 state to checkpoint, so a resumed run recomputes exactly the same values.
 
+Run length: `epochs` passes over the data, stretched to `min_steps` updates when the dataset is small
+(`run_length`), so one set of defaults gives 8k images as many updates as 55k; the warmup then covers
+the same fraction of the run (`warmup_epochs / epochs`).
+
 Convention: `step` is the 0-based index of the optimiser update; the first update (step 0) uses the
 start values and the last update (step `total_steps - 1`) uses exactly the final values.
 """
@@ -48,6 +52,11 @@ def momentum_at(step: int, total_steps: int, start: float, final: float) -> floa
     return start + (final - start) * _progress(step, 0, total_steps - 1)
 
 
+def run_length(params: TrainParams, steps_per_epoch: int) -> int:
+    """Updates of a run: `epochs` x `steps_per_epoch`, at least `min_steps`."""
+    return max(params.epochs * steps_per_epoch, params.min_steps or 0)
+
+
 @dataclass(frozen=True)
 class ScheduleValues:
     """The three scheduled hyper-parameters of one update."""
@@ -74,9 +83,13 @@ class Schedules:
         """Schedules for a run of `total_steps` updates with `steps_per_epoch` updates per epoch."""
         if total_steps < 1 or steps_per_epoch < 1:
             raise ValueError(f"a run needs >= 1 step (steps_per_epoch={steps_per_epoch}, total={total_steps})")
+        if total_steps == params.epochs * steps_per_epoch:
+            warmup = round(params.warmup_epochs * steps_per_epoch)
+        else:  # stretched (min_steps) or cut: the warmup keeps its share of the run
+            warmup = round(params.warmup_epochs / params.epochs * total_steps)
         return cls(
             total_steps=total_steps,
-            warmup_steps=round(params.warmup_epochs * steps_per_epoch),
+            warmup_steps=warmup,
             start_lr=params.start_lr,
             lr=params.lr,
             final_lr=params.final_lr,

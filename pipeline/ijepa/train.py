@@ -12,11 +12,9 @@ ends bit-identical to an uninterrupted one. `epoch` in logs/reports is the logic
 
 from __future__ import annotations
 
-import resource
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +28,12 @@ from pipeline.ijepa import checkpoint as ckpt
 from pipeline.ijepa.augment import BatchTransform, train_transform
 from pipeline.ijepa.distributed import Dist, init_distributed, resolve_device
 from pipeline.ijepa.export import encoder_meta, save_encoder
-from pipeline.ijepa.logging import Meter, RunLogger
+from pipeline.ijepa.logging import Meter, RunLogger, peak_memory_mb
 from pipeline.ijepa.masks import MultiBlockMaskCollator
 from pipeline.ijepa.model import IJEPA, tune_cpu_allocator
+from pipeline.ijepa.precision import autocast, resolve_precision
 from pipeline.ijepa.run_inputs import count_samples, read_normalization, run_identity
-from pipeline.ijepa.schedules import Schedules, ScheduleValues
+from pipeline.ijepa.schedules import Schedules, ScheduleValues, run_length
 
 
 @dataclass(frozen=True)
@@ -131,7 +130,7 @@ def build(
     rank_seed = train_p.seed + 1_000_003 * dist.rank
     collator = MultiBlockMaskCollator(model_p.grid, mask_p, seed=rank_seed)
     transform = BatchTransform(model_p.img_size, norm["mean"], norm["std"])
-    schedules = Schedules.from_params(train_p, steps_per_epoch, steps_per_epoch * train_p.epochs)
+    schedules = Schedules.from_params(train_p, steps_per_epoch, run_length(train_p, steps_per_epoch))
     return Trainer(model, forward, optimizer, collator, transform, schedules, train_p, device, dist, steps_per_epoch)
 
 
@@ -144,13 +143,6 @@ def apply_schedule(tr: Trainer, step: int) -> ScheduleValues:
     return values
 
 
-def autocast(device: torch.device, precision: str) -> AbstractContextManager:
-    """bf16 autocast for `precision` bf16 (auto: on CUDA only), else a no-op (fp32)."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def train_step(
     tr: Trainer, images: torch.Tensor, step: int, with_stats: bool = False
 ) -> tuple[torch.Tensor, dict[str, float], ScheduleValues]:
@@ -159,7 +151,14 @@ def train_step(
     x = tr.transform(images.to(tr.device, non_blocking=True), step)
     masks = tr.collator.sample(x.shape[0], step).to(tr.device, non_blocking=True)
     with autocast(tr.device, tr.params.precision):
-        loss, stats = tr.forward(x, masks, loss=tr.params.loss, stats=with_stats)
+        loss, stats = tr.forward(
+            x,
+            masks,
+            loss=tr.params.loss,
+            stats=with_stats,
+            var_weight=tr.params.var_weight,
+            cov_weight=tr.params.cov_weight,
+        )
     tr.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if tr.params.grad_clip is not None:
@@ -315,8 +314,10 @@ def run_steps(
                     target_std=stats.get("target_std", 0.0),
                     effective_rank=stats.get("target_eff_rank", 0.0),
                     context_len=stats.get("context_len", 0.0),
+                    **{k: v for k, v in stats.items() if k.startswith("reg_")},
                 )
                 log.log(progress.step, row)
+                log.warn_low_rank(progress.step, row["effective_rank"], p.collapse_warn_rank)
             meter.reset()
         log.advance()
         if main and progress.step in snaps:
@@ -325,12 +326,6 @@ def run_steps(
             progress.history = list(log.history)
             ckpt.save_checkpoint(paths.checkpoints, checkpoint_state(tr, progress, identity))
     return True
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def export(tr: Trainer, paths: RunPaths, progress: Progress, meta: dict[str, Any]) -> dict[str, Any]:
@@ -357,6 +352,7 @@ def export(tr: Trainer, paths: RunPaths, progress: Progress, meta: dict[str, Any
         "wall_s": round(progress.wall_s, 2),
         "peak_memory_mb": round(peak_memory_mb(tr.device), 1),
         "device": str(tr.device),
+        "precision": resolve_precision(tr.device, tr.params.precision),
         "world_size": tr.dist.world,
         "resumed_from_step": progress.resumed_from,
         "data_wait_fraction": round(progress.data_wait_s / train_s, 4),
