@@ -286,3 +286,22 @@ def test_shared_context_predictor():
             assert torch.allclose(out[i : i + 1], alone, atol=1e-5)
     with pytest.raises(ValueError, match="predictor mode"):
         Predictor(16, 32, 16, 1, 2, grid=(4, 4), mode="bogus")
+
+
+def test_batch_target_norm_removes_what_every_image_shares():
+    model = IJEPA(TINY)
+    x = torch.randn(8, 1, 16, 16)
+    m = _masks(TINY, 8)
+    with torch.no_grad():
+        h, layer = model.target_representations(x, m, "layer")
+        _, batch = model.target_representations(x, m, "batch")
+        t = F.layer_norm(h, (32,))
+        expected = (t - t.mean(0)) / (t.var(0, unbiased=False) + 1e-5).sqrt()
+    assert torch.allclose(batch, gather_tokens(expected, m.targets), atol=1e-5)
+    assert torch.allclose(layer, gather_tokens(t, m.targets), atol=1e-6)
+    # a prediction of the per-position batch mean (what positions alone can give) scores ~1 per element
+    assert float((batch**2).mean()) == pytest.approx(1.0, abs=0.05)
+    loss, _ = model(x, m, loss="l2", stats=False, target_norm="batch")
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="unknown target norm"):
+        model.target_representations(x, m, "instance")

@@ -299,6 +299,19 @@ def jepa_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1")
     raise ValueError(f"unknown loss {kind!r}: expected 'smooth_l1' or 'l2'")
 
 
+def batch_standardize(t: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Zero mean, unit std of every (position, dimension) of [B, N, D] across the batch, in fp32.
+
+    What every image shares at a position (its position signature, a constant) is removed from the
+    target, so it can only be predicted from image content; every dimension weighs the same, so no
+    single direction can carry the loss (a remedy for the dimensional collapse the layer-normed
+    targets allow: there the predictor can score ~99 % from positions alone)."""
+    x = t.float()
+    mean = x.mean(0, keepdim=True)
+    std = x.var(0, keepdim=True, unbiased=False).add(eps).sqrt()
+    return ((x - mean) / std).to(t.dtype)
+
+
 def masked_mean(z: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Mean over the real tokens of [B, N, D] (`valid` [B, N] bool; None = all) -> [B, D]."""
     if valid is None:
@@ -346,11 +359,19 @@ class IJEPA(nn.Module):
         self._ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     @torch.no_grad()
-    def target_representations(self, images: torch.Tensor, masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
-        """Target encoder on the whole image -> (its output [B, N, D], layer-normed target patches
-        [B, T, Nt, D])."""
+    def target_representations(
+        self, images: torch.Tensor, masks: Masks, norm: str = "layer"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target encoder on the whole image -> (its output [B, N, D], normalised target patches
+        [B, T, Nt, D]). `norm="layer"`: per-token layer norm (the original). `"batch"`: then each
+        (position, dimension) standardised across the batch (`batch_standardize`)."""
         h = self.target_encoder(images)
-        return h, gather_tokens(F.layer_norm(h, (h.shape[-1],)), masks.targets)
+        t = F.layer_norm(h, (h.shape[-1],))
+        if norm == "batch":
+            t = batch_standardize(t)
+        elif norm != "layer":
+            raise ValueError(f"unknown target norm {norm!r}: expected 'layer' or 'batch'")
+        return h, gather_tokens(t, masks.targets)
 
     def encode_context(self, images: torch.Tensor, masks: Masks) -> torch.Tensor:
         """Context encoder on the context patches -> [B, Nc, D] (padding rows included)."""
@@ -369,11 +390,12 @@ class IJEPA(nn.Module):
         stats: bool = True,
         var_weight: float = 0.0,
         cov_weight: float = 0.0,
+        target_norm: str = "layer",
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss averaged over all target patches and blocks, plus (when its weights are > 0) the
         variance/covariance regulariser of the pooled context features (`variance_covariance`).
         `stats=False` skips the monitors."""
-        h, target = self.target_representations(images, masks)
+        h, target = self.target_representations(images, masks, target_norm)
         z = self.encode_context(images, masks)
         pred = self.predict(images, masks, z)
         value = jepa_loss(pred, target, loss)

@@ -158,6 +158,7 @@ def train_step(
             stats=with_stats,
             var_weight=tr.params.var_weight,
             cov_weight=tr.params.cov_weight,
+            target_norm=tr.params.target_norm,
         )
     tr.optimizer.zero_grad(set_to_none=True)
     loss.backward()
