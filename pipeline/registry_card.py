@@ -91,7 +91,13 @@ def _figure_lines(figures: Sequence[tuple[str, str]]) -> list[str]:
     return lines
 
 
-def _transformers_lines(enc: dict[str, Any]) -> list[str]:
+def _transformers_lines(enc: dict[str, Any], kw: dict[str, Any]) -> list[str]:
+    if kw.get("embed_norm_layer"):
+        return [
+            "Not as a transformers `IJepaModel`: this encoder has a LayerNorm after the patch projection "
+            "(`model.patch_norm`), which IJepaModel cannot represent (`ijepa export` refuses it).",
+            "",
+        ]
     return [
         "With Hugging Face transformers (`IJepaModel`; same features as timm within fp32 rounding):",
         "",
@@ -191,7 +197,7 @@ def model_card(entry: dict[str, Any], figures: Sequence[tuple[str, str]] = ()) -
         "features = model(x)  # x: (B, C, H, W), normalised as above -> (B, width), mean-pooled tokens",
         "```",
         "",
-        *_transformers_lines(enc),
+        *_transformers_lines(enc, kw),
         "With the pipeline (a path, a registry version or a stage):",
         "",
         "```python",
