@@ -164,6 +164,10 @@ def test_registered_encoder_loads_in_plain_timm(project: Path) -> None:
 
 @pytest.mark.slow
 def test_gate_failure_writes_nothing_and_prod_needs_a_passed_gate(project: Path) -> None:
+    if not run(["git", "tag", "-l", f"{ARTIFACT}@v0.1.0"], project).stdout.strip():  # when run on its own
+        ijepa(project, "registry", "register")
+    registry = {name: (project / "registry" / name).read_bytes() for name in ("entry.json", "model_card.md")}
+    lock = (project / "dvc.lock").read_text()
     set_params(project, {"register": {"min_linear_top1": 0.999, "min_margin_over_random": 0.5, "enforce_gate": True}})
     failed = dvc(project, "repro", "register", check=False)
     assert failed.returncode != 0
@@ -172,7 +176,18 @@ def test_gate_failure_writes_nothing_and_prod_needs_a_passed_gate(project: Path)
     assert "linear.test_top1: observed" in out and "required >= 0.9990 (register.min_linear_top1) [UNMET]" in out
     assert "required >= 0.5000 (register.min_margin_over_random) [UNMET]" in out
     assert "register.min_margin_over_raw" not in out  # met thresholds are not reported as failures
-    assert not (project / "registry/entry.json").exists() and not (project / "registry/model_card.md").exists()
+    # nothing written, nothing deleted (DVC does not remove the persisted, uncached outs before the run), and
+    # the failed stage is not recorded: dvc.lock unchanged, `dvc status` still shows register as changed
+    assert {name: (project / "registry" / name).read_bytes() for name in registry} == registry
+    assert (project / "dvc.lock").read_text() == lock
+    assert "register" in dvc(project, "status", "register").stdout
+    assert run(["git", "status", "--porcelain", "registry"], project).stdout == ""
+    # earlier versions stay readable through gto and the registry commands
+    listed = json.loads(ijepa(project, "registry", "list", "--json").stdout)
+    assert "v0.1.0" in [v["version"] for v in listed]
+    shown = json.loads(ijepa(project, "registry", "show", "--version", "v0.1.0", "--json").stdout)
+    assert shown["entry"]["gate"]["passed"] is True
+    assert Path(ijepa(project, "registry", "get", "--version", "v0.1.0").stdout.strip()).is_file()
 
     # a recorded (not enforced) failure can be registered and staged, never promoted to prod
     set_params(project, {"register": {"enforce_gate": False}})
