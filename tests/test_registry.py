@@ -70,6 +70,29 @@ def test_gate_refuses_a_collapsed_encoder_naming_the_effective_rank() -> None:
     assert [c.param for c in missing] == ["register.min_effective_rank"] and missing[0].observed is None
 
 
+def test_a_failed_register_writes_nothing_and_deletes_nothing(tmp_path: Path) -> None:
+    from pipeline.config import ModelParams
+    from pipeline.ijepa.export import encoder_meta, random_encoder, save_encoder
+    from pipeline.registry import GateFailed, RegistryInputError, register_model
+
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    previous = {"entry.json": b'{"format": "ijepa-registry-entry/1"}\n', "model_card.md": b"# the last good model\n"}
+    for name, data in previous.items():
+        (registry / name).write_bytes(data)
+    with pytest.raises(RegistryInputError, match="models/encoder.safetensors: not found"):
+        register_model(tmp_path, RegisterParams())
+    meta = encoder_meta(ModelParams(embed_dim=32, depth=2, num_heads=2), {"mean": [0.5], "std": [0.2]})
+    save_encoder(random_encoder(meta, seed=0), tmp_path / "models/encoder.safetensors", meta)
+    (tmp_path / "reports").mkdir()
+    reports = {"eval_linear": LINEAR, "eval_lowshot": {}, "pretrain": {}, "validation": {"success": True}}
+    for name, report in reports.items():
+        (tmp_path / f"reports/{name}.json").write_text(json.dumps(report))
+    with pytest.raises(GateFailed, match="register.min_linear_top1"):
+        register_model(tmp_path, RegisterParams(min_linear_top1=0.99))
+    assert {p.name: p.read_bytes() for p in registry.iterdir()} == previous
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project_copy(tmp_path_factory, "registry")
