@@ -157,13 +157,17 @@ class TrainParams(_Section):
         None, ge=1, description="run at least this many updates, however small the dataset (epochs stretched)"
     )
     batch_size: int = Field(128, ge=1)
-    lr: float = 1e-3
-    start_lr: float = 1e-4
-    final_lr: float = 1e-6
+    lr: float = Field(1e-3, gt=0.0, le=1.0, description="peak learning rate (AdamW), after warmup")
+    start_lr: float = Field(1e-4, gt=0.0, le=1.0, description="learning rate at step 0 (linear warmup to lr)")
+    final_lr: float = Field(1e-6, gt=0.0, le=1.0, description="learning rate at the last step (cosine from lr)")
     warmup_epochs: float = Field(0.25, ge=0.0, description="of `epochs`; scaled with the run when min_steps applies")
     weight_decay: Range = (0.04, 0.4)
     ema: Range = (0.996, 1.0)
-    grad_clip: float | None = None
+    grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; None: no clipping")
+    divergence_factor: float | None = Field(
+        100.0, gt=1.0, description="stop the run when the loss exceeds this many times its first logged value "
+        "(a NaN/inf loss always stops it); None: only non-finite losses stop it",
+    )  # fmt: skip
     loss: Literal["smooth_l1", "l2"] = "smooth_l1"
     target_norm: Literal["layer", "batch", "whiten"] = Field(
         "layer",
@@ -189,6 +193,17 @@ class TrainParams(_Section):
     snapshots: int = Field(4, ge=0, description="intermediate encoder snapshots for accuracy-vs-time")
     log_every: int = Field(20, ge=1)
     resume: bool = Field(True, description="resume from models/checkpoints; false: delete them, start over")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TrainParams:
+        if self.start_lr > self.lr or self.final_lr > self.lr:
+            lrs = f"start_lr ({self.start_lr:g}) and final_lr ({self.final_lr:g})"
+            raise ValueError(f"{lrs} must be <= lr ({self.lr:g})")
+        if min(self.weight_decay) < 0:
+            raise ValueError(f"weight_decay values must be >= 0, got {list(self.weight_decay)}")
+        if not 0.0 <= self.ema[0] <= self.ema[1] <= 1.0:
+            raise ValueError(f"ema must satisfy 0 <= start <= end <= 1, got {list(self.ema)}")
+        return self
 
 
 class EvalParams(_Section):

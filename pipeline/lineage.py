@@ -50,15 +50,20 @@ class _Expect:
     by: str
 
 
+# persisted only so that DVC does not delete them before `register` runs: a failed run leaves them exactly as
+# dvc.lock recorded them, so they are audited like any other output
+PERSISTED_BUT_AUDITED = frozenset({"registry/entry.json", "registry/model_card.md"})
+
+
 def _persist_outs(dvc_yaml: dict | None) -> set[str]:
     """Outputs declared `persist: true` (they change outside the run, e.g. checkpoints): not audited."""
-    found = set()
+    found: set[str] = set()
     for stage in ((dvc_yaml or {}).get("stages") or {}).values():
         for kind in ("outs", "metrics", "plots"):
             for out in stage.get(kind) or []:
                 if isinstance(out, dict):
                     found |= {p for p, flags in out.items() if isinstance(flags, dict) and flags.get("persist")}
-    return found
+    return found - PERSISTED_BUT_AUDITED
 
 
 def build_lineage(

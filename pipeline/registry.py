@@ -4,8 +4,13 @@
 it passes, writes `registry/entry.json` (everything needed to audit and reload the model: encoder
 hashes, architecture, params, metrics, data and source identity, git commit, date) and
 `registry/model_card.md`, each atomically. A failed gate raises `GateFailed` naming every unmet
-threshold (observed vs required) and leaves no entry or card behind (stale ones are removed first).
-Versions and stages of the registered encoder live in pipeline/registry_gto.py (gto tags).
+threshold (observed vs required) and writes nothing and deletes nothing: the entry and card already
+there (the last model that passed; both git-tracked, `cache: false` and `persist: true` in dvc.yaml, so
+DVC does not delete them before the stage runs either) stay as they were, and since the stage failed
+DVC does not record it in dvc.lock. They describe their own encoder by sha256, so they can never pass
+for the new one (`ijepa registry register` and `ijepa lineage --verify` compare the hashes).
+Versions and stages of the registered encoder live in pipeline/registry_gto.py (gto tags); every
+registered version stays readable from its tag whatever the workspace holds.
 """
 
 from __future__ import annotations
@@ -220,18 +225,13 @@ def build_entry(root: Path, params: RegisterParams, checks: list[GateCheck], par
     }
 
 
-def remove_outputs(root: Path) -> None:
-    for rel in (ENTRY, CARD):
-        (root / rel).unlink(missing_ok=True)
-
-
 def register_model(
     root: Path | str = ".", params: RegisterParams | None = None, params_path: Path | str = "params.yaml"
 ) -> dict[str, Any]:
-    """Run the gate; on success write entry + card atomically and return the entry."""
+    """Run the gate; on success write card + entry atomically and return the entry. On any failure
+    (gate, missing input, full disk) nothing under registry/ is written or removed."""
     root, params_path = Path(root), Path(params_path)
     params = params or RegisterParams()
-    remove_outputs(root)  # a failed gate (or a crash below) must not leave a stale entry behind
     for rel in (ENCODER, ENCODER_META):
         if not (root / rel).is_file():
             raise RegistryInputError(f"{rel}: not found (run the pretrain stage first: dvc repro pretrain)")

@@ -5,6 +5,8 @@ subset_seed, random_init_seed, crop_ratio), models/encoder.{safetensors,json}, m
 data/shards and data/manifest.csv; writes data/features/ (layout: pipeline/eval/features.py), swapped in atomically,
 and reports/features.json (what was extracted, wall time, encoder images/s; a DVC metric kept out of
 the cache so a re-extraction with the same inputs leaves data/features byte-identical).
+Input gate first (pipeline/data/integrity.py): refuses shards whose validation failed
+(reports/validation.json) or whose sha256 differs from reports/shard.json, naming the shard.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline.atomic import write_json_atomic
+from pipeline.atomic import NoSpaceError, write_json_atomic
 from pipeline.config import ParamsError, load_section
+from pipeline.data.integrity import require_validation_passed, verify_shards
 from pipeline.eval.features import build_cache
 
 ENCODER = Path("models/encoder.safetensors")
@@ -22,18 +25,22 @@ SHARDS = Path("data/shards")
 MANIFEST = Path("data/manifest.csv")
 OUT = Path("data/features")
 REPORT = Path("reports/features.json")
+VALIDATION, SHARD_REPORT = Path("reports/validation.json"), Path("reports/shard.json")
 
 
 def main(params_path: str = "params.yaml") -> int:
     try:
         p = load_section("eval", params_path)
+        require_validation_passed(VALIDATION)
+        for split in ("train", "val", "test"):
+            verify_shards(SHARDS / split, SHARD_REPORT)
         index, timing = build_cache(
             ENCODER, SHARDS, OUT, manifest=MANIFEST, snapshots_dir=SNAPSHOTS, last_layers=p.last_layers,
             batch_size=p.batch_size, random_init_seed=p.random_init_seed, max_train=p.max_train,
             snapshot_max_images=p.snapshot_max_images, subset_seed=p.subset_seed, precision=p.precision,
             device=p.device, crop_ratio=p.crop_ratio,
         )  # fmt: skip
-    except (ParamsError, FileNotFoundError, ValueError) as exc:
+    except (ParamsError, NoSpaceError, FileNotFoundError, ValueError) as exc:
         print(f"features: error: {exc}", file=sys.stderr)
         return 1
     counts = index["sets"]["encoder"]["count"]

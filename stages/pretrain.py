@@ -7,16 +7,25 @@ reports/pretrain.json and reports/dvclive/ (metric curves).
 Resume: rerun the stage (`dvc repro pretrain`) after a crash or kill; it continues from the newest
 checkpoint in models/checkpoints/ (bit-exact on CPU). A checkpoint of an *unfinished* run under other
 params is refused (delete models/checkpoints/ or set train.resume=false); one of a *finished* run
-under other params is replaced by a new run. Scale out: `torchrun --nproc_per_node=N -m stages.pretrain`
-(DDP; gloo on CPU, nccl on GPU; only rank 0 writes).
+under other params is replaced by a new run. A checkpoint whose bytes no longer match its digest is
+refused, naming it (the run stops; move it away to resume from the previous one).
+
+Input gate: refuses to train when reports/validation.json says `success: false`, when a train shard's
+sha256 differs from reports/shard.json or the shards hold another sample count than validation saw
+(pipeline/data/integrity.py). Divergence guard: a non-finite loss, or one above `train.divergence_factor`
+x the first logged loss, stops the run before anything of the diverged model is saved. Every such
+failure, and a full disk, is one `pretrain: error:` line and exit 1.
+Scale out: `torchrun --nproc_per_node=N -m stages.pretrain` (DDP; gloo on CPU, nccl on GPU; only rank 0 writes).
 """
 
 from __future__ import annotations
 
 import sys
 
+from pipeline.atomic import NoSpaceError
 from pipeline.config import MaskParams, ModelParams, ParamsError, TrainParams, load_section
 from pipeline.ijepa.checkpoint import CheckpointError
+from pipeline.ijepa.guard import DivergenceError
 from pipeline.ijepa.train import pretrain
 
 
@@ -26,7 +35,8 @@ def main(params_path: str = "params.yaml") -> int:
         mask_p = load_section("mask", params_path, MaskParams)
         train_p = load_section("train", params_path, TrainParams)
         report = pretrain(model_p, mask_p, train_p, tune_allocator=True)
-    except (ParamsError, CheckpointError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (ParamsError, CheckpointError, DivergenceError, NoSpaceError, FileNotFoundError, KeyError,
+            ValueError) as exc:  # fmt: skip
         print(f"pretrain: error: {exc}", file=sys.stderr)
         return 1
     if report is not None:

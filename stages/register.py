@@ -2,7 +2,8 @@
 
 Reads models/encoder.safetensors + encoder.json, reports/*.json, dvc.lock (upstream hashes) and params
 `register` (thresholds) plus `data`/`model`/`mask`/`train`/`eval` (recorded in the entry). A failed gate
-exits 1, prints every unmet threshold (observed vs required) and leaves no entry or card behind.
+exits 1, prints every unmet threshold (observed vs required) and writes nothing, deletes nothing (the
+entry and card of the last model that passed stay; the stage is not recorded in dvc.lock).
 Versions and stages: `ijepa registry register` / `promote` (gto tags) after committing the run.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from pipeline.atomic import NoSpaceError
 from pipeline.config import ParamsError, RegisterParams, load_section
 from pipeline.registry import GateFailed, RegistryInputError, register_model
 from pipeline.registry_store import RecordError
@@ -22,7 +24,7 @@ def main(params_path: str = "params.yaml") -> int:
     except GateFailed as exc:
         print(f"register: {exc}", file=sys.stderr)
         return 1
-    except (ParamsError, RegistryInputError, RecordError) as exc:
+    except (ParamsError, RegistryInputError, RecordError, NoSpaceError) as exc:
         print(f"register: error: {exc}", file=sys.stderr)
         return 1
     gate = entry["gate"]

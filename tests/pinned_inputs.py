@@ -62,10 +62,11 @@ def digests(tmp: Path) -> dict[str, object]:
     src = write_dataset(tmp / "src")
     data = DataParams(root=str(src), val_size=50, shard_max_count=70)
     root = tmp / "run"
-    write_shards(load_source(data), data, root / "data/shards", root / "data/manifest.csv", workers=1)
+    written = write_shards(load_source(data), data, root / "data/shards", root / "data/manifest.csv", workers=1)
     (root / "reports").mkdir(parents=True)
     norm = {"mean": [0.4987], "std": [0.2891]}
     (root / "reports/validation.json").write_text(json.dumps({"success": True, "normalization": norm}))
+    (root / "reports/shard.json").write_text(json.dumps({"shard_sha256": written.shard_sha256}))
 
     fed: list[str] = []
     original = model_mod.IJEPA.forward

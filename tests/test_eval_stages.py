@@ -28,8 +28,11 @@ TINY = ModelParams(embed_dim=32, depth=2, num_heads=2)
 
 def make_inputs(root: Path, data_root: Path) -> None:
     data = DataParams(root=str(data_root), val_size=60, shard_max_count=100)
-    write_shards(load_source(data), data, root / "data/shards", root / "data/manifest.csv", workers=1)
+    written = write_shards(load_source(data), data, root / "data/shards", root / "data/manifest.csv", workers=1)
     norm = {"mean": [0.43], "std": [0.2]}
+    (root / "reports").mkdir(parents=True, exist_ok=True)  # what the features stage's input gate reads
+    (root / "reports/shard.json").write_text(json.dumps({"shard_sha256": written.shard_sha256}))
+    (root / "reports/validation.json").write_text(json.dumps({"success": True, "normalization": norm}))
     final = encoder_meta(TINY, norm, step=30, epoch=1)
     save_encoder(random_encoder(final, seed=7), root / "models/encoder.safetensors", final)
     index = []

@@ -41,10 +41,11 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params = DataParams(source="imagefolder", root=str(src), image_mode="RGB", image_size=40, val_fraction=0.2,
                         test_fraction=0.2, shard_max_count=10)  # fmt: skip
     root = base / "run"
-    write_shards(load_source(params), params, root / "data/shards", root / "data/manifest.csv", workers=2)
+    written = write_shards(load_source(params), params, root / "data/shards", root / "data/manifest.csv", workers=2)
     facts = collect_facts(root / "data/shards", root / "data/manifest.csv", ["train", "val", "test"], workers=2)
     (root / "reports").mkdir()
     (root / "reports/validation.json").write_text(json.dumps({"success": True, "normalization": facts.normalization}))
+    (root / "reports/shard.json").write_text(json.dumps({"shard_sha256": written.shard_sha256}))
     return root
 
 

@@ -70,6 +70,29 @@ def test_gate_refuses_a_collapsed_encoder_naming_the_effective_rank() -> None:
     assert [c.param for c in missing] == ["register.min_effective_rank"] and missing[0].observed is None
 
 
+def test_a_failed_register_writes_nothing_and_deletes_nothing(tmp_path: Path) -> None:
+    from pipeline.config import ModelParams
+    from pipeline.ijepa.export import encoder_meta, random_encoder, save_encoder
+    from pipeline.registry import GateFailed, RegistryInputError, register_model
+
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    previous = {"entry.json": b'{"format": "ijepa-registry-entry/1"}\n', "model_card.md": b"# the last good model\n"}
+    for name, data in previous.items():
+        (registry / name).write_bytes(data)
+    with pytest.raises(RegistryInputError, match="models/encoder.safetensors: not found"):
+        register_model(tmp_path, RegisterParams())
+    meta = encoder_meta(ModelParams(embed_dim=32, depth=2, num_heads=2), {"mean": [0.5], "std": [0.2]})
+    save_encoder(random_encoder(meta, seed=0), tmp_path / "models/encoder.safetensors", meta)
+    (tmp_path / "reports").mkdir()
+    reports = {"eval_linear": LINEAR, "eval_lowshot": {}, "pretrain": {}, "validation": {"success": True}}
+    for name, report in reports.items():
+        (tmp_path / f"reports/{name}.json").write_text(json.dumps(report))
+    with pytest.raises(GateFailed, match="register.min_linear_top1"):
+        register_model(tmp_path, RegisterParams(min_linear_top1=0.99))
+    assert {p.name: p.read_bytes() for p in registry.iterdir()} == previous
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project_copy(tmp_path_factory, "registry")
@@ -167,6 +190,10 @@ def test_registered_encoder_loads_in_plain_timm(project: Path) -> None:
 
 @pytest.mark.slow
 def test_gate_failure_writes_nothing_and_prod_needs_a_passed_gate(project: Path) -> None:
+    if not run(["git", "tag", "-l", f"{ARTIFACT}@v0.1.0"], project).stdout.strip():  # when run on its own
+        ijepa(project, "registry", "register")
+    registry = {name: (project / "registry" / name).read_bytes() for name in ("entry.json", "model_card.md")}
+    lock = (project / "dvc.lock").read_text()
     set_params(project, {"register": {"min_linear_top1": 0.999, "min_margin_over_random": 0.5, "enforce_gate": True}})
     failed = dvc(project, "repro", "register", check=False)
     assert failed.returncode != 0
@@ -175,7 +202,18 @@ def test_gate_failure_writes_nothing_and_prod_needs_a_passed_gate(project: Path)
     assert "linear.test_top1: observed" in out and "required >= 0.9990 (register.min_linear_top1) [UNMET]" in out
     assert "required >= 0.5000 (register.min_margin_over_random) [UNMET]" in out
     assert "register.min_margin_over_raw" not in out  # met thresholds are not reported as failures
-    assert not (project / "registry/entry.json").exists() and not (project / "registry/model_card.md").exists()
+    # nothing written, nothing deleted (DVC does not remove the persisted, uncached outs before the run), and
+    # the failed stage is not recorded: dvc.lock unchanged, `dvc status` still shows register as changed
+    assert {name: (project / "registry" / name).read_bytes() for name in registry} == registry
+    assert (project / "dvc.lock").read_text() == lock
+    assert "register" in dvc(project, "status", "register").stdout
+    assert run(["git", "status", "--porcelain", "registry"], project).stdout == ""
+    # earlier versions stay readable through gto and the registry commands
+    listed = json.loads(ijepa(project, "registry", "list", "--json").stdout)
+    assert "v0.1.0" in [v["version"] for v in listed]
+    shown = json.loads(ijepa(project, "registry", "show", "--version", "v0.1.0", "--json").stdout)
+    assert shown["entry"]["gate"]["passed"] is True
+    assert Path(ijepa(project, "registry", "get", "--version", "v0.1.0").stdout.strip()).is_file()
 
     # a recorded (not enforced) failure can be registered and staged, never promoted to prod
     set_params(project, {"register": {"enforce_gate": False}})

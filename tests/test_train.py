@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from webdataset import TarWriter
 
 from pipeline.config import MaskParams, ModelParams, TrainParams
+from pipeline.data.integrity import sha256_of
 from pipeline.ijepa.checkpoint import CheckpointError, list_checkpoints
 from pipeline.ijepa.distributed import Dist
 from pipeline.ijepa.run_inputs import count_samples, read_normalization
@@ -61,7 +62,14 @@ def make_root(root: Path, n_per_shard: int = 48, shards: int = 2) -> Path:
     (root / "reports").mkdir()
     norm = {"mean": [float(images.mean() / 255)], "std": [float(images.std() / 255)]}
     (root / "reports/validation.json").write_text(json.dumps({"success": True, "normalization": norm}))
+    write_shard_report(root)
     return root
+
+
+def write_shard_report(root: Path) -> None:
+    """reports/shard.json with the digests of the shards as they are now (what the `shard` stage records)."""
+    digests = {p.relative_to(root).as_posix(): sha256_of(p) for p in sorted((root / "data/shards").rglob("*.tar"))}
+    (root / "reports/shard.json").write_text(json.dumps({"shard_sha256": digests}))
 
 
 def run(root: Path, stop_after: int | None = None, **train: object) -> dict | None:

@@ -43,6 +43,25 @@ class CorruptImageError(ValueError):
         return (CorruptImageError, (self.path, self.reason))
 
 
+MAX_REPORTED = 100  # unusable files listed by one `data.on_corrupt: fail` error before it stops looking
+
+
+class UnusableInputsError(CorruptImageError):
+    """`data.on_corrupt: fail` found unusable inputs: all of them (up to MAX_REPORTED), each with its reason.
+    `path`/`reason` are those of the first; `errors` holds every one."""
+
+    def __init__(self, errors: list[CorruptImageError], complete: bool = True) -> None:
+        self.errors = list(errors)
+        self.complete = complete
+        self.path, self.reason = errors[0].path, errors[0].reason
+        more = "" if complete else f"; stopped looking after {len(errors)}, there may be more"
+        lines = "".join(f"\n  {e.path}: {e.reason}" for e in errors)
+        ValueError.__init__(self, f"{len(errors)} unusable input file(s){more}:{lines}")
+
+    def __reduce__(self) -> tuple:
+        return (UnusableInputsError, (self.errors, self.complete))
+
+
 @dataclass
 class StoredImage:
     """The image to store, plus the source file's bytes and extension when they decode to exactly it."""

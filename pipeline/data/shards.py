@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from pipeline.atomic import write_json_atomic
 from pipeline.config import DataParams
-from pipeline.data.images import CorruptImageError
+from pipeline.data.images import MAX_REPORTED, CorruptImageError, UnusableInputsError
 from pipeline.data.shard_writer import EncoderPool, ShardSink, sample_cost, sample_dict
 from pipeline.data.sources import SPLITS, SourceDataset
 
@@ -62,10 +62,16 @@ def write_shards(
     """Write every split of `dataset` as WebDataset tars under `out_dir` and the manifest CSV.
 
     Encoding runs in `workers` processes (default: all cores; 1: in this process); the output does
-    not depend on the worker count.
+    not depend on the worker count. `data.on_corrupt: fail` raises `UnusableInputsError` listing every
+    unusable input (the source's and those that fail to decode; after the first one the rest is only
+    scanned, up to `MAX_REPORTED`); nothing is moved into place and the staging directory is removed.
     """
     start = time.perf_counter()
     result = ShardResult(skipped=[{"path": e.path, "split": None, "reason": e.reason} for e in dataset.rejected])
+    fail = params.on_corrupt == "fail"
+    unusable: list[CorruptImageError] = list(dataset.rejected) if fail else []
+    if len(unusable) >= MAX_REPORTED:
+        raise UnusableInputsError(unusable[:MAX_REPORTED], complete=False)
     staging = out_dir.with_name(out_dir.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -89,9 +95,14 @@ def write_shards(
                 for enc in pool.ordered_encode(split):
                     bar.update(1)
                     if isinstance(enc, CorruptImageError):
-                        if params.on_corrupt == "fail":
-                            raise enc
-                        result.skipped.append({"path": enc.path, "split": split, "reason": enc.reason})
+                        if fail:
+                            unusable.append(enc)
+                            if len(unusable) >= MAX_REPORTED:
+                                raise UnusableInputsError(unusable, complete=False)
+                        else:
+                            result.skipped.append({"path": enc.path, "split": split, "reason": enc.reason})
+                        continue
+                    if unusable:  # failing anyway: only look for more unusable inputs
                         continue
                     key, class_name = sample_key(split, sum(result.count[split].values())), dataset.classes[enc.label]
                     shard = sink.add(sample_dict(key, enc, class_name), sample_cost(enc))
@@ -106,6 +117,8 @@ def write_shards(
                 sink.close()
                 result.shards[split], result.bytes = sink.paths, result.bytes + sink.bytes
                 result.shard_sha256.update(sink.digests)
+            if unusable:
+                raise UnusableInputsError(unusable)
     except BaseException:
         if sink is not None:
             sink.abort()

@@ -7,6 +7,11 @@ Two sources exist: `fashion-mnist` (the idx gz files of Debian's `dataset-fashio
 `imagefolder` (one sub-directory per class of JPEG/PNG images of any size and mode; decoding and
 resize policies in pipeline/data/images.py). With `data.deduplicate`, exact pixel duplicates are
 dropped before the split (pipeline/data/dedup.py).
+
+Unusable inputs found while listing (zero-byte, non-image, escaping symlink, a class directory with no
+usable image) are collected in `SourceDataset.rejected`, whatever `data.on_corrupt` says: the shard writer
+adds the files that fail to decode and then skips them all (listed) or fails naming all of them. With
+`skip`, an empty class is dropped and the labels renumbered, so every label index has images.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from PIL import Image
 
 from pipeline.config import DataParams
 from pipeline.data.dedup import file_digests, first_occurrences
-from pipeline.data.images import CorruptImageError, StoredImage, read_image
+from pipeline.data.images import MAX_REPORTED, CorruptImageError, StoredImage, UnusableInputsError, read_image
 
 __all__ = ["SPLITS", "CorruptImageError", "SourceDataset", "SourceError", "SourceItem", "load_source"]
 
@@ -235,10 +240,9 @@ def _imagefolder(params: DataParams, workers: int | None = None) -> SourceDatase
     duplicates: list[dict[str, str]] = []
     if params.deduplicate:
         files, duplicates = _dedup_files(root, files, params, workers, rejected, found)
-    rejected += [CorruptImageError(f"{name}/", "class directory holds no usable image")
-                 for name, n in zip(classes, found, strict=True) if n == 0]  # fmt: skip
-    if params.on_corrupt == "fail" and rejected:
-        raise rejected[0]
+    classes, files = _drop_empty_classes(classes, files, found, params, rejected)
+    if not files:
+        raise UnusableInputsError(rejected[:MAX_REPORTED], len(rejected) <= MAX_REPORTED)
     labels = np.array([lbl for _, lbl in files])
     splits = _split_fractions(labels, params)
     out = {}
@@ -247,6 +251,28 @@ def _imagefolder(params: DataParams, workers: int | None = None) -> SourceDatase
         out[split] = [_file_item(root, files[i][0], int(labels[i]), params) for i in idx]
     source_bytes = sum(sizes[item.source_id] for items in out.values() for item in items)
     return SourceDataset("imagefolder", str(root), classes, out, rejected, duplicates, source_bytes)
+
+
+def _drop_empty_classes(
+    classes: list[str], files: list[tuple[str, int]], found: list[int], params: DataParams,
+    rejected: list[CorruptImageError],
+) -> tuple[list[str], list[tuple[str, int]]]:  # fmt: skip
+    """A class directory without a usable image is listed in `rejected`; with `on_corrupt: skip` it is also
+    dropped and the labels renumbered 0..n-1 (no label index without images). `fail`: the shard writer
+    stops, naming it with every other unusable input."""
+    empty = [name for name, n in zip(classes, found, strict=True) if n == 0]
+    if not empty:
+        return classes, files
+    skip = params.on_corrupt == "skip"
+    reason = "class directory holds no usable image" + ("; class dropped, labels renumbered" if skip else "")
+    rejected += [CorruptImageError(f"{name}/", reason) for name in empty]
+    if not skip:
+        return classes, files
+    kept = [i for i, n in enumerate(found) if n > 0]
+    if not kept:
+        raise SourceError(f"imagefolder root {params.root}: no class directory holds a usable image")
+    relabel = {old: new for new, old in enumerate(kept)}
+    return [classes[i] for i in kept], [(rel, relabel[label]) for rel, label in files]
 
 
 def _file_item(root: Path, rel: str, label: int, params: DataParams) -> SourceItem:

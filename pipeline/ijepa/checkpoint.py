@@ -5,6 +5,16 @@ A checkpoint `models/checkpoints/ckpt-step{step:07d}.pt` holds everything an exa
 progress counters and the metric history) as tensors and plain Python types only, so it loads with
 `torch.load(..., weights_only=True)`. It also stores the run's identity params and their
 fingerprint: resuming under different params is refused with the list of what differs.
+
+Integrity: the zip container torch writes carries no checksum that `torch.load` verifies (flipped bytes
+inside a tensor record load silently), so every checkpoint has a digest file beside it,
+`ckpt-step{step:07d}.pt.sha256` (`sha256sum` format: `sha256sum -c` checks it too), computed from the bytes
+as they were written. `load_checkpoint` verifies it before unpickling anything; a checkpoint that fails
+(or has no digest) is refused with an error naming it, and the run stops: it does not fall back to the
+older rotated checkpoint on its own, since bytes that changed on disk after they were written point at
+storage or tampering that a person should look at. The error names the previous checkpoint; moving the
+bad one away resumes from it. A save that runs out of space raises `NoSpaceError` naming the file and
+leaves no temp file; the checkpoints already there are untouched (rotation happens after a good save).
 """
 
 from __future__ import annotations
@@ -16,13 +26,18 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
+from pipeline.atomic import replacing
+
 FORMAT = "ijepa-checkpoint/1"
 _NAME = re.compile(r"^ckpt-step(\d{7,})\.pt$")
+_TEMP = re.compile(r"^\.ckpt-step\d{7,}\.pt(\.sha256)?\.tmp-\d+$")
+DIGEST_SUFFIX = ".sha256"
+CHUNK = 1 << 20
 
 
 class CheckpointError(RuntimeError):
@@ -47,29 +62,109 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def digest_path(path: Path) -> Path:
+    """The digest file of a checkpoint: `<name>.sha256` beside it."""
+    return path.with_name(path.name + DIGEST_SUFFIX)
+
+
+class _HashingWriter:
+    """File wrapper that hashes every byte written through it (torch.save writes sequentially)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self.fh, self.sha256 = fh, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write `state` atomically (temp file, fsync, os.replace) and keep only the newest `keep`."""
+    """Write `state` and its digest atomically (temp files, fsync, os.replace: the digest first, so a
+    checkpoint never exists without its digest), then keep only the newest `keep`. Out of space:
+    `NoSpaceError` naming the checkpoint, temp files removed, older checkpoints untouched."""
     directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.iterdir():  # temp files of a killed earlier attempt
+        if _TEMP.match(stale.name):
+            stale.unlink(missing_ok=True)
     path = directory / checkpoint_name(int(state["step"]))
+    digest = digest_path(path)
     tmp = directory / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        torch.save({"format": FORMAT, **state}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp_digest = directory / f".{digest.name}.tmp-{os.getpid()}"
+    with replacing(path, tmp, tmp_digest):
+        with open(tmp, "wb") as fh:
+            writer = _HashingWriter(fh)
+            torch.save({"format": FORMAT, **state}, writer)
+            fh.flush()
+            os.fsync(fh.fileno())
+        with open(tmp_digest, "w") as fh:
+            fh.write(f"{writer.sha256.hexdigest()}  {path.name}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_digest, digest)
+        os.replace(tmp, path)
+        _fsync_dir(directory)
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
+        digest_path(old).unlink(missing_ok=True)
+    names = {p.name for p in list_checkpoints(directory)}
+    for orphan in directory.glob(f"ckpt-step*.pt{DIGEST_SUFFIX}"):  # a save killed between its two renames
+        if orphan.name[: -len(DIGEST_SUFFIX)] not in names:
+            orphan.unlink(missing_ok=True)
     return path
 
 
+def file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _fallback_hint(path: Path) -> str:
+    older = [p for p in list_checkpoints(path.parent) if p.name < path.name]
+    resume = f"Move it away to resume from the previous checkpoint {older[-1].name}" if older else "Delete it"
+    return f"{resume}, or set train.resume=false to start over."
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Refuse a checkpoint whose bytes differ from the digest recorded when it was written (or that has none)."""
+    digest = digest_path(path)
+    if not digest.is_file():
+        raise CheckpointError(
+            f"{path}: no digest file {digest.name} beside it, so its integrity cannot be checked (written before "
+            f"checkpoints carried digests, or not by this pipeline). Nothing was loaded. {_fallback_hint(path)}"
+        )
+    recorded = digest.read_text().split()
+    if not recorded or not re.fullmatch(r"[0-9a-f]{64}", recorded[0]):
+        raise CheckpointError(f"{digest}: not a sha256 digest line. Nothing was loaded. {_fallback_hint(path)}")
+    actual = file_sha256(path)
+    if actual != recorded[0]:
+        raise CheckpointError(
+            f"{path}: checkpoint is corrupt: its sha256 {actual[:16]}... differs from the one recorded when it was "
+            f"written ({recorded[0][:16]}... in {digest.name}). Nothing was loaded. {_fallback_hint(path)}"
+        )
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load one checkpoint safely (`weights_only=True`); any failure names the file."""
+    """Verify the digest, then load safely (`weights_only=True`); any failure names the file."""
+    verify_checkpoint(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
         raise CheckpointError(
-            f"{path}: checkpoint is corrupt or unreadable ({type(exc).__name__}: {exc}). Delete it to "
-            f"resume from an older checkpoint in {path.parent}, or set train.resume=false to start over."
+            f"{path}: checkpoint is corrupt or unreadable ({type(exc).__name__}: {exc}). {_fallback_hint(path)}"
         ) from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from pipeline.atomic import replacing
 from pipeline.config import ModelParams
 from pipeline.ijepa.model import VisionTransformerEncoder
 
@@ -73,23 +74,21 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def save_encoder(encoder: nn.Module, path_safetensors: str | Path, meta: Mapping[str, Any]) -> Path:
-    """Write `<name>.safetensors` and `<name>.json` atomically (tmp file + os.replace); returns the path."""
+    """Write `<name>.safetensors` and `<name>.json` atomically (tmp file + os.replace); returns the path.
+    Out of space: `pipeline.atomic.NoSpaceError` naming the file; no temp file left, the old pair intact."""
     weights, meta_path = _paths(path_safetensors)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in encoder.state_dict().items()}
     text = json.dumps(dict(meta), indent=2, sort_keys=True)
     tmp_w = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
     tmp_m = meta_path.with_name(f".{meta_path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(weights, tmp_w, tmp_m):  # out of space: NoSpaceError naming the file, temps removed
         # one metadata key: safetensors writes the metadata map in hash order (random per process), so
         # two keys made the file bytes, and DVC's hash of them, differ between identical runs
         save_file(state, str(tmp_w), metadata={"meta": text})
         tmp_m.write_text(text + "\n")
         os.replace(tmp_w, weights)
         os.replace(tmp_m, meta_path)
-    finally:
-        for tmp in (tmp_w, tmp_m):
-            tmp.unlink(missing_ok=True)
     return weights
 
 

@@ -1,19 +1,26 @@
-"""What a pretraining run reads besides its params: the input normalisation from the `validate`
-report, the number of training samples in the shards, and the run identity (params + data
-fingerprint) that decides whether a checkpoint may be resumed."""
+"""What a pretraining run reads besides its params, checked before anything trains: the validation
+verdict and the input normalisation from the `validate` report, the train shards' digests against the
+`shard` report (pipeline/data/integrity.py), the number of training samples in the shards, and the run
+identity (params + data fingerprint) that decides whether a checkpoint may be resumed."""
 
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import MaskParams, ModelParams, TrainParams
+from pipeline.data.integrity import InputGateError, require_validation_passed, verify_shards
 from pipeline.data.loader import list_shards
 from pipeline.data.tario import member_names
 
 # train keys that do not change what is computed: excluded from the resume fingerprint
-VOLATILE_TRAIN_KEYS = {"log_every", "checkpoint_every", "resume", "compile", "device"}
+VOLATILE_TRAIN_KEYS = {"log_every", "checkpoint_every", "resume", "compile", "device", "divergence_factor"}
+
+
+class ShardReadError(ValueError):
+    """A shard cannot be read (truncated, damaged); the message names it."""
 
 
 def read_normalization(path: Path) -> dict[str, list[float]]:
@@ -27,8 +34,34 @@ def read_normalization(path: Path) -> dict[str, list[float]]:
 
 
 def count_samples(shard_dir: Path) -> int:
-    """Number of samples (`.cls` members) in the tar shards of one split."""
-    return sum(1 for url in list_shards(shard_dir) for name in member_names(url) if name.endswith(".cls"))
+    """Number of samples (`.cls` members) in the tar shards of one split; a damaged shard is named."""
+    total = 0
+    for url in list_shards(shard_dir):
+        try:
+            total += sum(1 for name in member_names(url) if name.endswith(".cls"))
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            detail = str(exc).removeprefix(f"{url}: ")
+            raise ShardReadError(f"{url}: unreadable shard ({detail}); rerun `dvc repro shard`") from exc
+    return total
+
+
+def checked_inputs(validation: Path, shards: Path, shard_report: Path | None) -> tuple[dict[str, list[float]], int]:
+    """The normalisation and the number of training samples, once the inputs passed the stage-level gate:
+    validation succeeded, the train shards match the digests of `shard_report` (skipped when None), and
+    they hold the number of samples that validation counted."""
+    if not validation.is_file():
+        raise FileNotFoundError(f"{validation} not found: run the `validate` stage first (`dvc repro validate`)")
+    report = require_validation_passed(validation)
+    if shard_report is not None:
+        verify_shards(shards, shard_report)
+    n_train = count_samples(shards)
+    validated = (report.get("count") or {}).get(shards.name)
+    if isinstance(validated, int) and validated != n_train:
+        raise InputGateError(
+            f"{shards}: holds {n_train} samples but {validation} validated {validated}: the shards changed "
+            f"after validation; rerun `dvc repro validate`"
+        )
+    return read_normalization(validation), n_train
 
 
 def run_identity(

@@ -28,11 +28,12 @@ from pipeline.ijepa import checkpoint as ckpt
 from pipeline.ijepa.augment import BatchTransform, train_transform
 from pipeline.ijepa.distributed import Dist, init_distributed, resolve_device
 from pipeline.ijepa.export import encoder_meta, save_encoder
+from pipeline.ijepa.guard import LossGuard
 from pipeline.ijepa.logging import Meter, RunLogger, peak_memory_mb
 from pipeline.ijepa.masks import MultiBlockMaskCollator
 from pipeline.ijepa.model import IJEPA, tune_cpu_allocator
 from pipeline.ijepa.precision import autocast, resolve_precision
-from pipeline.ijepa.run_inputs import count_samples, read_normalization, run_identity
+from pipeline.ijepa.run_inputs import checked_inputs, run_identity
 from pipeline.ijepa.schedules import Schedules, ScheduleValues, run_length
 
 
@@ -47,6 +48,7 @@ class RunPaths:
     checkpoints: Path
     report: Path
     live: Path
+    shard_report: Path | None = None  # digests the train shards must match (None: not checked)
 
     @classmethod
     def under(cls, root: Path | str = ".") -> RunPaths:
@@ -59,6 +61,7 @@ class RunPaths:
             r / "models/checkpoints",
             r / "reports/pretrain.json",
             r / "reports/dvclive",
+            r / "reports/shard.json",
         )
 
     @property
@@ -291,6 +294,7 @@ def run_steps(
     snaps, meter, t_start, wall0 = snapshot_steps(total, p.snapshots), Meter(), time.perf_counter(), progress.wall_s
     tr.model.train()
     stream = data_stream(tr, paths.shards, progress)
+    guard = LossGuard(p.divergence_factor, progress.history, tr.dist.world)  # non-finite/exploding loss: stop
     while progress.step < total:
         if stop_after is not None and progress.step >= stop_after:
             return False
@@ -298,6 +302,7 @@ def run_steps(
         step = progress.step
         log_now = (step + 1) % p.log_every == 0 or step + 1 == total
         loss, stats, values = train_step(tr, images, step, with_stats=log_now and main)
+        guard.watch(loss)
         progress.step, progress.data_batch = step + 1, progress.data_batch + 1
         progress.images += images.shape[0] * tr.dist.world
         progress.data_wait_s += wait
@@ -305,6 +310,7 @@ def run_steps(
         progress.wall_s = wall0 + time.perf_counter() - t_start
         if log_now:
             row = meter.summary()
+            guard.check(progress.step, paths.checkpoints, row["loss"])
             progress.last_loss = row["loss"]
             if main:
                 row.update(
@@ -321,6 +327,8 @@ def run_steps(
                 log.warn_low_rank(progress.step, row["effective_rank"], p.collapse_warn_rank)
             meter.reset()
         log.advance()
+        if progress.step in snaps or progress.step % p.checkpoint_every == 0 or progress.step == total:
+            guard.check(progress.step, paths.checkpoints)  # never save a diverged model
         if main and progress.step in snaps:
             save_snapshot(tr, paths, progress, meta, progress.wall_s)
         if main and (progress.step % p.checkpoint_every == 0 or progress.step == total):
@@ -378,8 +386,8 @@ def pretrain(
     device = resolve_device(train_p.device, dist)
     if tune_allocator and device.type == "cpu":
         tune_cpu_allocator()
-    norm = read_normalization(paths.validation)
-    tr = build(model_p, mask_p, train_p, norm, count_samples(paths.shards), device, dist)
+    norm, n_train = checked_inputs(paths.validation, paths.shards, paths.shard_report)  # the stage-level gate
+    tr = build(model_p, mask_p, train_p, norm, n_train, device, dist)
     identity = run_identity(model_p, mask_p, train_p, norm, paths.shards, dist.world)
     progress = resume_or_start(tr, paths, identity)
     log = RunLogger(paths.live, tr.schedules.total_steps, progress.step, progress.history, enabled=dist.is_main)
