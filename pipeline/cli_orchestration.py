@@ -98,9 +98,15 @@ def flow_serve(
 
 def sweep(
     project: Path = typer.Option(Path("."), help="DVC project root (or a folder inside it)"),
-    n_trials: int | None = typer.Option(None, "--n-trials", help="trials to run now (default: sweep.n_trials)"),
+    n_trials: int | None = typer.Option(
+        None, "--n-trials", min=0, help="trials to run now (default: sweep.n_trials; 0: only report/apply)"
+    ),
     study: str | None = typer.Option(None, help="study name (default: sweep.study); resumed if it exists"),
-    storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite:///.optuna/study.db)"),
+    storage: str | None = typer.Option(
+        None,
+        help="Optuna storage URL (default: sqlite:///.optuna/study.db); "
+        "postgresql://user@host/db to share the study between workers",
+    ),
     seed: int | None = typer.Option(None, help="TPE sampler seed (default: sweep.seed)"),
     apply: bool = typer.Option(False, "--apply", help="`dvc exp apply` the best experiment at the end"),
 ) -> None:

@@ -307,6 +307,10 @@ class SweepParams(_Section):
     direction: Literal["minimize", "maximize"] = "maximize"
     report: list[str] = Field(default_factory=lambda: ["linear.test_top1"], description="recorded as user attrs")
     trial_timeout_s: float = Field(86400.0, gt=0)
+    exp_remote: str | None = Field(
+        None, description="git remote (name or URL) each finished trial's experiment is pushed to (`dvc exp "
+        "push`), so that any worker sharing the study can apply the best one; None: experiments stay local",
+    )  # fmt: skip
     pruning: PruningParams = Field(default_factory=PruningParams)
     space: dict[str, SpaceParam] = Field(default_factory=dict)
 
