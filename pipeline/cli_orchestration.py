@@ -1,4 +1,4 @@
-"""`ijepa flow run|serve|stages` and `ijepa sweep`: the Prefect/Optuna commands of the console script.
+"""`ijepa flow run|serve|deploy|stages` and `ijepa sweep`: the Prefect/Optuna commands of the console script.
 
 Registered on the main app by pipeline/cli.py. Prefect, Optuna and the flows are imported inside the
 command functions only, after flows/_env.py has set the Prefect environment, so other commands never
@@ -94,6 +94,28 @@ def flow_serve(
         serve(root, load_section("flow", root / "params.yaml", FlowParams), limit=limit)
     except NoServerError as exc:
         raise _fail(str(exc)) from None
+
+
+@flow_app.command("deploy")
+def flow_deploy(
+    project: Path = typer.Option(Path("."), help="DVC project root (or a folder inside it)"),
+    pool: str | None = typer.Option(None, help="work pool (default: params flow.work_pool; created if missing)"),
+    queue: str | None = typer.Option(None, help="work queue of the pool (default: the pool's default queue)"),
+) -> None:
+    """Register `ijepa-pipeline/nightly-retrain` and `ijepa-sweep/sweep` to a work pool; start workers with
+    `prefect worker start --pool NAME`."""
+    root = _prepare(project)
+    from flows.deploy import NoServerError, deploy
+    from pipeline.config import FlowParams, load_section
+
+    params = load_section("flow", root / "params.yaml", FlowParams)
+    try:
+        ids = deploy(root, params, pool, queue)
+    except NoServerError as exc:
+        raise _fail(str(exc)) from None
+    for name, ident in ids.items():
+        typer.echo(f"{name:<32} {ident}  (pool {pool or params.work_pool})")
+    typer.echo(f"start a worker: prefect worker start --pool {pool or params.work_pool}")
 
 
 def sweep(

@@ -258,6 +258,8 @@ class FlowParams(_Section):
     stages: dict[str, StageRunParams] = Field(default_factory=dict, description="per-stage retries/timeout_s")
     lock_timeout_s: float = Field(600.0, ge=0.0, description="wait this long for another flow/sweep's lock")
     log_tail_lines: int = Field(20, ge=1, description="stage output lines quoted in a failure message")
+    work_pool: str = Field("ijepa", min_length=1, description="work pool of `ijepa flow deploy` (created as a "
+                           "`process` pool when missing)")  # fmt: skip
 
 
 class SpaceParam(_Section):
