@@ -157,6 +157,11 @@ class TrainParams(_Section):
         None, ge=1, description="run at least this many updates, however small the dataset (epochs stretched)"
     )
     batch_size: int = Field(128, ge=1)
+    data_parts: int | None = Field(
+        None, ge=1, description="parts the training data is cut into (disjoint shard subsets, pipeline/data/parts.py); "
+        "every process reads data_parts / processes of them. None: one per process (one process: the plain epoch "
+        "loader). Runs with equal data_parts and global batch train the same model on any number of processes",
+    )  # fmt: skip
     lr: float = 1e-3
     start_lr: float = 1e-4
     final_lr: float = 1e-6

@@ -36,6 +36,8 @@ def run_identity(
 ) -> dict[str, Any]:
     """What defines a run: checkpoints of another identity cannot be resumed."""
     train = {k: v for k, v in train_p.model_dump(mode="json").items() if k not in VOLATILE_TRAIN_KEYS}
+    if train.get("data_parts") is None:  # unset = one part per process, as before the field: old checkpoints fit
+        train.pop("data_parts", None)
     files = [[Path(u).name, Path(u).stat().st_size] for u in list_shards(shards)]
     return {
         "model": model_p.model_dump(mode="json"),

@@ -24,9 +24,10 @@ import torch
 from pipeline.atomic import write_json_atomic
 from pipeline.config import MaskParams, ModelParams, TrainParams
 from pipeline.data.loader import train_loader
+from pipeline.data.parts import part_batches, rank_parts, resolve_parts
 from pipeline.ijepa import checkpoint as ckpt
 from pipeline.ijepa.augment import BatchTransform, train_transform
-from pipeline.ijepa.distributed import Dist, init_distributed, resolve_device
+from pipeline.ijepa.distributed import Dist, init_distributed, local_masks, resolve_device
 from pipeline.ijepa.export import encoder_meta, save_encoder
 from pipeline.ijepa.logging import Meter, RunLogger, peak_memory_mb
 from pipeline.ijepa.masks import MultiBlockMaskCollator
@@ -127,8 +128,8 @@ def build(
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if train_p.compile:
         forward = torch.compile(forward)  # type: ignore[assignment]
-    rank_seed = train_p.seed + 1_000_003 * dist.rank
-    collator = MultiBlockMaskCollator(model_p.grid, mask_p, seed=rank_seed)
+    resolve_parts(train_p.data_parts, dist.world, train_p.batch_size)  # fail before the model is built
+    collator = MultiBlockMaskCollator(model_p.grid, mask_p, seed=train_p.seed)  # global batch: local_masks
     transform = BatchTransform(model_p.img_size, norm["mean"], norm["std"])
     schedules = Schedules.from_params(train_p, steps_per_epoch, run_length(train_p, steps_per_epoch))
     return Trainer(model, forward, optimizer, collator, transform, schedules, train_p, device, dist, steps_per_epoch)
@@ -149,7 +150,7 @@ def train_step(
     """One optimiser update `step` (0-based): schedule, augment, mask, forward/backward, clip, EMA."""
     values = apply_schedule(tr, step)
     x = tr.transform(images.to(tr.device, non_blocking=True), step)
-    masks = tr.collator.sample(x.shape[0], step).to(tr.device, non_blocking=True)
+    masks = local_masks(tr.collator, x.shape[0], step, tr.dist).to(tr.device, non_blocking=True)
     with autocast(tr.device, tr.params.precision):
         loss, stats = tr.forward(
             x,
@@ -173,17 +174,19 @@ def data_stream(tr: Trainer, shards: Path, progress: Progress) -> Iterator[tuple
     """(images, seconds waited) from loader epochs `progress.data_epoch, +1, …`, starting after the
     `progress.data_batch` batches already consumed; advances `data_epoch` when a loader runs dry."""
     p, world = tr.params, tr.dist.world
+    n_parts = resolve_parts(p.data_parts, world, p.batch_size)
+    mine = rank_parts(tr.dist.rank, world, n_parts)
+    if n_parts > 1:
+        print(f"pretrain: rank {tr.dist.rank}/{world} reads data parts {list(mine)} of {n_parts}", flush=True)
     while True:
-        loader = train_loader(
-            shards,
-            p.batch_size,
-            seed=p.seed,
-            epoch=progress.data_epoch,
-            num_workers=p.num_workers,
-            resampled=world > 1,
-            epoch_batches=tr.steps_per_epoch if world > 1 else None,
-            transform=train_transform(tr.transform.size, p.augment_scale),  # per sample, in the workers
-        )
+        crop = train_transform(tr.transform.size, p.augment_scale)  # per sample, in the workers
+        if n_parts > 1:  # pipeline/data/parts.py: this rank's shards only, global batch independent of `world`
+            loader: Any = part_batches(shards, p.batch_size, parts=mine, of=n_parts, seed=p.seed,
+                                       epoch=progress.data_epoch, epoch_batches=tr.steps_per_epoch,
+                                       num_workers=p.num_workers, transform=crop)  # fmt: skip
+        else:
+            loader = train_loader(shards, p.batch_size, seed=p.seed, epoch=progress.data_epoch,
+                                  num_workers=p.num_workers, transform=crop)  # fmt: skip
         it = iter(loader)
         for i in range(progress.data_batch):
             if next(it, None) is None:
