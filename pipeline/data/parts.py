@@ -58,11 +58,8 @@ def part_batches(
     """(images in [0,1], labels) of one process: `batch_size` images per batch, `batch_size / len(parts)`
     from each of its parts, concatenated in part order; `epoch_batches` batches per data epoch."""
     share = batch_size // len(parts)
-    loaders = [
-        train_loader(shards, share, seed=seed, epoch=epoch, num_workers=num_workers, epoch_batches=epoch_batches,
-                     transform=transform, part=(k, of))  # fmt: skip
-        for k in parts
-    ]
+    opts = {"seed": seed, "epoch": epoch, "num_workers": num_workers, "epoch_batches": epoch_batches}
+    loaders = [train_loader(shards, share, transform=transform, part=(k, of), **opts) for k in parts]
     if len(loaders) == 1:
         yield from loaders[0]
         return
