@@ -18,8 +18,9 @@ Images are PNG or JPEG members (pipeline/data/codecs.py), decoded with torchvisi
 libjpeg-turbo decoders straight into uint8 tensors (`decode_tensor`; faster than PIL here, and PNG is
 lossless, so the pixels are exactly PIL's). torchvision 0.29 deprecates its image codecs in favour of
 TorchCodec (not a dependency here): the warning is silenced for that one call, and with a torchvision
-that has dropped them, PIL decodes instead. Every tar is read through pipeline/data/tario.py
-(`tar_samples`), which refuses unsafe members.
+that has dropped them, PIL decodes instead. A shard location may be a URL of object storage (s3://…):
+its tars are listed and streamed through fsspec (pipeline/data/remote.py), never copied to local disk.
+Every tar is read through pipeline/data/tario.py (`tar_samples`), which refuses unsafe members.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import tariterators
 
+from pipeline.data import remote
 from pipeline.data.codecs import image_member
 from pipeline.data.sources import SPLITS
 from pipeline.data.tario import iter_members
@@ -53,7 +55,10 @@ SampleTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def list_shards(shard_dir: Path | str) -> list[str]:
-    """Sorted tar files of one split directory; a clear error when there are none."""
+    """Sorted tar files of one split directory, or URLs of one split folder in object storage
+    (pipeline/data/remote.py); a clear error when there are none."""
+    if remote.is_url(shard_dir):
+        return remote.list_tars(str(shard_dir))
     shard_dir = Path(shard_dir)
     if not shard_dir.is_dir():
         hint = f" (expected one of {', '.join(SPLITS)} under data/shards; run `dvc repro shard`)"
@@ -99,8 +104,17 @@ def _expand(data: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield {}  # end of shard: webdataset's grouping never joins samples across shards
 
 
+def _open(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """webdataset's url_opener for local files; object-store URLs are streamed through fsspec."""
+    for source in src:
+        if remote.is_url(source["url"]):
+            yield {**source, "stream": remote.open_url(source["url"])}
+        else:
+            yield from tariterators.url_opener([source])
+
+
 def _tar_samples(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    return tariterators.group_by_keys(_expand(tariterators.url_opener(src)))
+    return tariterators.group_by_keys(_expand(_open(src)))
 
 
 tar_samples = wds.filters.pipelinefilter(_tar_samples)  # webdataset stage: urls in, checked samples out

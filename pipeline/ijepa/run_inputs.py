@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import MaskParams, ModelParams, TrainParams
+from pipeline.data import remote
 from pipeline.data.loader import list_shards
 from pipeline.data.tario import member_names
 
@@ -26,19 +27,26 @@ def read_normalization(path: Path) -> dict[str, list[float]]:
     return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
 
 
-def count_samples(shard_dir: Path) -> int:
-    """Number of samples (`.cls` members) in the tar shards of one split."""
-    return sum(1 for url in list_shards(shard_dir) for name in member_names(url) if name.endswith(".cls"))
+def count_samples(shard_dir: Path | str) -> int:
+    """Number of samples (`.cls` members) in the tar shards of one split (a directory or a URL)."""
+    total = 0
+    for url in list_shards(shard_dir):
+        if remote.is_url(url):  # headers only: the store is read with range requests, bodies skipped
+            with remote.open_url(url) as fh:
+                total += sum(1 for name in member_names(url, fh) if name.endswith(".cls"))
+        else:
+            total += sum(1 for name in member_names(url) if name.endswith(".cls"))
+    return total
 
 
 def run_identity(
-    model_p: ModelParams, mask_p: MaskParams, train_p: TrainParams, norm: dict, shards: Path, world: int
+    model_p: ModelParams, mask_p: MaskParams, train_p: TrainParams, norm: dict, shards: Path | str, world: int
 ) -> dict[str, Any]:
     """What defines a run: checkpoints of another identity cannot be resumed."""
     train = {k: v for k, v in train_p.model_dump(mode="json").items() if k not in VOLATILE_TRAIN_KEYS}
     if train.get("data_parts") is None:  # unset = one part per process, as before the field: old checkpoints fit
         train.pop("data_parts", None)
-    files = [[Path(u).name, Path(u).stat().st_size] for u in list_shards(shards)]
+    files = [[Path(u).name, remote.size(u)] for u in list_shards(shards)]
     return {
         "model": model_p.model_dump(mode="json"),
         "mask": mask_p.model_dump(mode="json"),

@@ -23,6 +23,7 @@ import torch
 
 from pipeline.atomic import write_json_atomic
 from pipeline.config import MaskParams, ModelParams, TrainParams
+from pipeline.data import remote
 from pipeline.data.loader import train_loader
 from pipeline.data.parts import part_batches, rank_parts, resolve_parts
 from pipeline.ijepa import checkpoint as ckpt
@@ -41,7 +42,7 @@ from pipeline.ijepa.schedules import Schedules, ScheduleValues, run_length
 class RunPaths:
     """Where the stage reads and writes (DESIGN.md §3 contracts), relative to `root`."""
 
-    shards: Path
+    shards: Path | str  # a directory, or a URL in object storage (IJEPA_SHARD_URL)
     validation: Path
     encoder: Path
     snapshots: Path
@@ -51,9 +52,10 @@ class RunPaths:
 
     @classmethod
     def under(cls, root: Path | str = ".") -> RunPaths:
+        """The contract paths under `root`; the train shards from `IJEPA_SHARD_URL` when it is set."""
         r = Path(root)
         return cls(
-            r / "data/shards/train",
+            remote.join(remote.shard_root(r / "data/shards"), "train"),
             r / "reports/validation.json",
             r / "models/encoder.safetensors",
             r / "models/snapshots",
@@ -170,7 +172,7 @@ def train_step(
     return loss.detach(), stats, values
 
 
-def data_stream(tr: Trainer, shards: Path, progress: Progress) -> Iterator[tuple[torch.Tensor, float]]:
+def data_stream(tr: Trainer, shards: Path | str, progress: Progress) -> Iterator[tuple[torch.Tensor, float]]:
     """(images, seconds waited) from loader epochs `progress.data_epoch, +1, …`, starting after the
     `progress.data_batch` batches already consumed; advances `data_epoch` when a loader runs dry."""
     p, world = tr.params, tr.dist.world
