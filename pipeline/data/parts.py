@@ -17,11 +17,12 @@ shards shuffled), unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 
+from pipeline.config import TrainParams
 from pipeline.data.loader import SampleTransform, train_loader
 
 
@@ -65,3 +66,24 @@ def part_batches(
         return
     for parts in zip(*loaders, strict=False):
         yield torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def rank_loader(
+    shards: Path | str,
+    params: TrainParams,
+    rank: int,
+    world: int,
+    *,
+    epoch: int,
+    epoch_batches: int,
+    transform: SampleTransform | None = None,
+) -> Iterable:
+    """The batches process `rank` of `world` trains on in data epoch `epoch`: its data parts
+    (`part_batches`) when the data is cut into more than one, else the plain epoch loader."""
+    n_parts = resolve_parts(params.data_parts, world, params.batch_size)
+    if n_parts == 1:
+        return train_loader(shards, params.batch_size, seed=params.seed, epoch=epoch, num_workers=params.num_workers,
+                            transform=transform)  # fmt: skip
+    return part_batches(shards, params.batch_size, parts=rank_parts(rank, world, n_parts), of=n_parts, seed=params.seed,
+                        epoch=epoch, epoch_batches=epoch_batches, num_workers=params.num_workers,
+                        transform=transform)  # fmt: skip

@@ -4,7 +4,7 @@ stream, checkpoint/resume, snapshots and the final export. Works in one process 
 
 Determinism (what exact resume rests on): model init is seeded by `train.seed`; the masks of update
 `s` come from `collator.sample(B, s)`; crops are cut in the loader workers, seeded by (seed, data epoch,
-rank, worker); the data is a stream of loader epochs `train_loader(seed, epoch=e)` and a checkpoint
+rank or data part, worker); the data is a stream of loader epochs (`rank_loader`) and a checkpoint
 records the stream position (data epoch, batches consumed in it), so a resumed run re-creates that
 loader and skips the consumed batches (replaying their crops). On CPU a killed and resumed run therefore
 ends bit-identical to an uninterrupted one. `epoch` in logs/reports is the logical epoch `step // steps_per_epoch`.
@@ -24,8 +24,7 @@ import torch
 from pipeline.atomic import write_json_atomic
 from pipeline.config import MaskParams, ModelParams, TrainParams
 from pipeline.data import remote
-from pipeline.data.loader import train_loader
-from pipeline.data.parts import part_batches, rank_parts, resolve_parts
+from pipeline.data.parts import rank_loader, rank_parts, resolve_parts
 from pipeline.ijepa import checkpoint as ckpt
 from pipeline.ijepa.augment import BatchTransform, train_transform
 from pipeline.ijepa.distributed import Dist, init_distributed, local_masks, resolve_device
@@ -175,21 +174,14 @@ def train_step(
 def data_stream(tr: Trainer, shards: Path | str, progress: Progress) -> Iterator[tuple[torch.Tensor, float]]:
     """(images, seconds waited) from loader epochs `progress.data_epoch, +1, …`, starting after the
     `progress.data_batch` batches already consumed; advances `data_epoch` when a loader runs dry."""
-    p, world = tr.params, tr.dist.world
-    n_parts = resolve_parts(p.data_parts, world, p.batch_size)
-    mine = rank_parts(tr.dist.rank, world, n_parts)
-    if n_parts > 1:
-        print(f"pretrain: rank {tr.dist.rank}/{world} reads data parts {list(mine)} of {n_parts}", flush=True)
+    p, rank, world = tr.params, tr.dist.rank, tr.dist.world
+    if (n_parts := resolve_parts(p.data_parts, world, p.batch_size)) > 1:
+        mine = list(rank_parts(rank, world, n_parts))
+        print(f"pretrain: rank {rank}/{world} reads data parts {mine} of {n_parts}", flush=True)
     while True:
         crop = train_transform(tr.transform.size, p.augment_scale)  # per sample, in the workers
-        if n_parts > 1:  # pipeline/data/parts.py: this rank's shards only, global batch independent of `world`
-            loader: Any = part_batches(shards, p.batch_size, parts=mine, of=n_parts, seed=p.seed,
-                                       epoch=progress.data_epoch, epoch_batches=tr.steps_per_epoch,
-                                       num_workers=p.num_workers, transform=crop)  # fmt: skip
-        else:
-            loader = train_loader(shards, p.batch_size, seed=p.seed, epoch=progress.data_epoch,
-                                  num_workers=p.num_workers, transform=crop)  # fmt: skip
-        it = iter(loader)
+        it = iter(rank_loader(shards, p, rank, world, epoch=progress.data_epoch, epoch_batches=tr.steps_per_epoch,
+                              transform=crop))  # fmt: skip
         for i in range(progress.data_batch):
             if next(it, None) is None:
                 raise RuntimeError(
