@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-flow_app = typer.Typer(help="Run the DVC pipeline as a Prefect flow, or serve its deployments.",
+flow_app = typer.Typer(help="Run the DVC pipeline as a Prefect flow, or serve or deploy its deployments.",
                        no_args_is_help=True)  # fmt: skip
 
 
