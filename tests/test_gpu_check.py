@@ -3,6 +3,7 @@ measuring code (bench/gpu_bench.py) run tiny on the CPU, including DDP under tor
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -39,35 +40,50 @@ def test_without_cuda_it_skips_clearly_and_writes_nothing(tmp_path: Path) -> Non
         assert proc.returncode == 2 and message in proc.stderr, (bad, proc.stderr)
 
 
-def bench(tmp: Path, name: str, *args: str, torchrun: bool = False) -> dict:
-    cmd = [sys.executable, str(BENCH), *args]
+def gpu_bench():  # noqa: ANN201 - the bench/gpu_bench.py module
+    spec = importlib.util.spec_from_file_location("gpu_bench", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench(tmp: Path, name: str, *args: str, capsys: pytest.CaptureFixture, torchrun: bool = False) -> dict:
+    """One sub-command's JSON line (in this process; DDP under a real torchrun), saved for `render`."""
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *cmd[1:]]
-    proc = subprocess.run(cmd, cwd=tmp, env=project_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(BENCH), *args]
+        proc = subprocess.run(cmd, cwd=tmp, env=project_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        out = proc.stdout
+    else:
+        capsys.readouterr()
+        assert gpu_bench().main(list(args)) == 0
+        out = capsys.readouterr().out
+    line = [ln for ln in out.splitlines() if ln.startswith("{")][-1]
     (tmp / f"{name}.json").write_text(line + "\n")
     return json.loads(line)
 
 
 @pytest.mark.slow
-def test_measurements_run_tiny_on_cpu_and_render_a_section(tmp_path: Path) -> None:
+def test_measurements_run_tiny_on_cpu_and_render_a_section(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.chdir(tmp_path)
     tiny = ["--device", "cpu", "--tiny", "--precision", "fp32", "--batch", "8", "--steps", "2", "--warmup", "1"]
-    train = bench(tmp_path, "1-train", "train", *tiny, "--peak-tflops", "0.5")
+    train = bench(tmp_path, "1-train", "train", *tiny, "--peak-tflops", "0.5", capsys=capsys)
     assert train["kind"] == "train" and train["images_per_s"] > 0 and train["flops_per_image"] > 0
     assert train["mfu"] == pytest.approx(train["flops_per_image"] * train["images_per_s"] / 0.5e12, rel=0.05, abs=1e-4)
-    ddp = bench(tmp_path, "3-ddp", "ddp", *tiny, torchrun=True)
+    ddp = bench(tmp_path, "3-ddp", "ddp", *tiny, capsys=capsys, torchrun=True)
     assert ddp["kind"] == "ddp" and ddp["world"] == 2 and ddp["images_per_s"] > 0
-    loader = bench(tmp_path, "4-loader", "loader", "--images", "48", "--workers", "1", "--batch", "8", "--batches", "2")
+    loader = bench(tmp_path, "4-loader", "loader", "--images", "48", "--workers", "1", "--batch", "8", "--batches", "2",
+                   capsys=capsys)  # fmt: skip
     assert loader["images"] == 16 and loader["workers"] == 1
     data = fake_fashion_mnist(tmp_path / "fmnist", n_train=60, n_test=20)
-    project = bench(tmp_path, "project", "project", str(tmp_path / "copy"), "--data", str(data))
+    project = bench(tmp_path, "project", "project", str(tmp_path / "copy"), "--data", str(data), capsys=capsys)
     copy = Path(project["dest"])
     assert not project["fake_data"] and (copy / ".dvc").is_dir() and (copy / "dvc.yaml").is_file()
     assert str(data) in (copy / "params.yaml").read_text()
     (tmp_path / "project.json").unlink()
-    md = subprocess.run([sys.executable, str(BENCH), "render", str(tmp_path), "--machine", "CPU smoke"],
-                        capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert gpu_bench().main(["render", str(tmp_path), "--machine", "CPU smoke"]) == 0
+    md = capsys.readouterr().out
     assert md.startswith("## GPU check (bench/gpu_check.sh)") and "| what | figure | notes |" in md
     assert f"| training, eager | {train['images_per_s']:,.0f} images/s |" in md
     assert "| nccl DDP, 2 GPU(s) |" in md and "| MFU, eager | " in md and "| training, torch.compile | n/a" in md
