@@ -15,14 +15,20 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
 .PHONY: setup dataset run test lint bench clean
 
-setup: $(VENV)/.installed
+PLOTS_TEMPLATE := .dvc/plots_offline.html
+
+setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -c "import torch, timm, webdataset, dvc, prefect, optuna, great_expectations, gto, dvclive"
+	$(BIN)/python -c "import torch, timm, webdataset, dvc, prefect, optuna, great_expectations, gto, dvclive, vl_convert, transformers"
 	touch $@
+
+# the offline page of `dvc plots show` (vega bundle inlined; .dvc/config plots.html_template; gitignored)
+$(PLOTS_TEMPLATE): $(VENV)/.installed
+	$(BIN)/ijepa plots-template
 
 dataset:
 	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
@@ -34,7 +40,7 @@ dataset:
 run: setup dataset
 	dvc repro
 	@sed -n '/^## Results/,/^## Intended/p' registry/model_card.md | sed '$$d'
-	@echo "all metrics: dvc metrics show (wide); model card: registry/model_card.md"
+	@echo "headline metrics: dvc metrics show; plots: dvc plots show; model card: registry/model_card.md"
 
 test: setup
 	pytest

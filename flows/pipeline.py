@@ -5,7 +5,8 @@ added to dvc.yaml becomes a task without code changes. Each task reproduces exac
 DVC: an up-to-date stage is skipped and reported as `Cached` (task state name, log line, artifact); a
 changed one runs as `dvc repro --single-item STAGE` with its output streamed into the Prefect log. A
 failing stage fails its task and the flow with the stage's own error message. Tasks run one after the
-other under a repository lock (flows/dvc_runner.py), so no two DVC commands touch the repo at once.
+other under a repository lock (flows/dvc_runner.py), so no two DVC commands touch the repo at once; each
+waits for (`wait_for`) the tasks of the stages it needs, so the run graph shows the stage graph.
 Param overrides are written like `dvc exp run -S` writes them and the result is saved as a DVC
 experiment (`dvc exp save`), so it shows in `dvc exp show`.
 """
@@ -30,9 +31,9 @@ from flows.dvc_runner import (
     find_root,
     reproduce_stage,
 )
-from flows.report import links, pipeline_markdown
+from flows.report import figures_markdown, links, pipeline_markdown
 from pipeline.config import FlowParams, load_section
-from pipeline.dag import topological_order
+from pipeline.dag import topological_order, upstream_map
 
 _SESSIONS: dict[Path, DvcSession] = {}
 _SESSIONS_LOCK = threading.Lock()
@@ -80,6 +81,10 @@ def _publish(root: Path, summary: dict[str, Any]) -> None:
     for (label, url, exists), key in zip(links(root), ("ijepa-data-docs", "ijepa-model-card"), strict=True):
         if exists:
             create_link_artifact(link=url, link_text=label, key=key)
+    figures = figures_markdown(root)
+    if figures:
+        create_markdown_artifact(markdown=figures, key="ijepa-pipeline-figures",
+                                 description="loss, collapse monitor, accuracy vs labels and vs step")  # fmt: skip
 
 
 @flow(name="ijepa-pipeline", log_prints=True)
@@ -102,16 +107,21 @@ def ijepa_pipeline(
             logger.info("applying params overrides (as `dvc exp run -S`): %s", " ".join(overrides))
             apply_param_overrides(root, overrides)
             session.reset()
-        order = topological_order(session.stages(), target)
+        specs = session.stages()
+        order, upstream = topological_order(specs, target), upstream_map(specs)
         logger.info("stages in order: %s", " -> ".join(order))
         summary: dict[str, Any] = {"project": str(root), "target": target, "overrides": overrides or [],
                                    "stages": [], "failed_stage": None, "error": None}  # fmt: skip
         failed_state = None
+        states: dict[str, Any] = {}
         for name in order:
             retries, timeout = _stage_options(params, name)
             run = dvc_stage.with_options(retries=retries, retry_delay_seconds=params.retry_delay_s,
                                          timeout_seconds=timeout + 60)  # fmt: skip
-            state = run(str(root), name, force, timeout, params.log_tail_lines, return_state=True)
+            # wait_for: the run graph draws the stage graph's edges (tasks still run one at a time)
+            needs = [states[u] for u in sorted(upstream.get(name, ())) if u in states]
+            state = run(str(root), name, force, timeout, params.log_tail_lines, return_state=True, wait_for=needs)
+            states[name] = state
             if not state.is_completed():
                 summary["failed_stage"], failed_state = name, state
                 summary["error"] = state.message

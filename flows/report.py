@@ -1,4 +1,5 @@
-"""Markdown for the flows' Prefect artifacts: stage outcomes, encoder-vs-baseline metrics, links, revision.
+"""Markdown for the flows' Prefect artifacts: stage outcomes, encoder-vs-baseline metrics, links, revision,
+and the figures (registry/figures/*.png, embedded as data: URIs so they show wherever the UI runs).
 
 Plain string building over the report JSONs (tolerant of missing or partial files), so it is tested
 without Prefect. Metric keys follow pipeline/eval/report.py: `linear.test_top1` for the encoder and
@@ -7,11 +8,13 @@ without Prefect. Metric keys follow pipeline/eval/report.py: `linear.test_top1` 
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.figures import existing_figures
 from pipeline.sweep_space import flatten
 
 METRIC_FILES = ("reports/eval_linear.json", "reports/eval_lowshot.json")
@@ -75,6 +78,18 @@ def links(root: Path) -> list[tuple[str, str, bool]]:
         ("Data Docs (great-expectations)", (root / DATA_DOCS).resolve().as_uri(), (root / DATA_DOCS).exists()),
         ("Model card", (root / MODEL_CARD).resolve().as_uri(), (root / MODEL_CARD).exists()),
     ]
+
+
+def figures_markdown(root: Path) -> str | None:
+    """The rendered figures as markdown images (inline PNG data), with their file paths; None if none."""
+    found = existing_figures(root)
+    if not found:
+        return None
+    parts = ["# ijepa-pipeline: figures"]
+    for fig, rel in found:
+        data = base64.b64encode((root / rel).read_bytes()).decode("ascii")
+        parts.append(f"## {fig.title}\n\n![{fig.title}](data:image/png;base64,{data})\n\n`{rel.as_posix()}`")
+    return "\n\n".join(parts) + "\n"
 
 
 def revision_line(rev: Mapping[str, Any]) -> str:

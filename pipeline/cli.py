@@ -265,6 +265,44 @@ def lineage(
         raise typer.Exit(1)
 
 
+@app.command("export")
+def export_cmd(
+    out: Path = typer.Argument(..., help="directory to write (created; an earlier export there is replaced)"),
+    fmt: str = typer.Option(..., "--format", help="export format: transformers (a Hugging Face IJepaModel)"),
+    encoder: str = typer.Option("models/encoder.safetensors", help="encoder file/directory, version or stage"),
+) -> None:
+    """Export the encoder for use outside this project: `--format transformers` writes a directory that
+    `transformers.IJepaModel.from_pretrained(DIR)` loads offline (config.json, model.safetensors,
+    ijepa_export.json); features = `last_hidden_state.mean(dim=1)`, checked equal to ours before writing."""
+    if fmt != "transformers":
+        raise fail(f"--format {fmt!r}: unknown (supported: transformers)")
+    import pipeline
+    from pipeline.export_transformers import ExportError, export_transformers
+
+    try:
+        vit = _registry_call(pipeline.load_encoder, encoder)
+        record = export_transformers(vit, out, source=encoder)
+    except (ExportError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{out}: IJepaModel (transformers {record['transformers_version']}), pooled features max abs diff "
+               f"{record['check']['pooled_max_abs_diff']:.2e} vs ours")  # fmt: skip
+
+
+@app.command("plots-template")
+def plots_template_cmd(
+    path: Path = typer.Option(None, help="where to write (default: .dvc/config plots.html_template)"),
+) -> None:
+    """Write the offline page that `dvc plots show` / `dvc plots diff` fill (vega, vega-lite and
+    vega-embed inlined from vl-convert-python: the plots draw with no network). `make setup` runs it."""
+    from pipeline.plots_template import PlotsTemplateError, write_template
+
+    try:
+        written = write_template(".", path)
+    except PlotsTemplateError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"{written}: {written.stat().st_size} bytes")
+
+
 @app.command("publish-shards")
 def publish_shards(
     url: str = typer.Argument(..., help="destination folder in object storage, e.g. s3://bucket/ijepa/shards"),

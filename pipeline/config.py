@@ -170,8 +170,10 @@ class TrainParams(_Section):
     ema: Range = (0.996, 1.0)
     grad_clip: float | None = None
     loss: Literal["smooth_l1", "l2"] = "smooth_l1"
-    target_norm: Literal["layer", "batch"] = Field(
-        "layer", description="targets: per-token layer norm (original); batch: then standardised per position/dim"
+    target_norm: Literal["layer", "batch", "whiten"] = Field(
+        "layer",
+        description="targets: per-token layer norm (original); batch: then standardised per position and dim "
+        "across the batch; whiten: then centred per position and whitened across the batch",
     )
     var_weight: float = Field(0.0, ge=0.0, description="VICReg variance hinge on pooled context features (0: off)")
     cov_weight: float = Field(0.0, ge=0.0, description="VICReg covariance penalty on pooled context features (0: off)")

@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.atomic import write_text_atomic
 from pipeline.config import RegisterParams
+from pipeline.figures import card_figures
 from pipeline.registry_card import model_card
 from pipeline.registry_store import (
     View,
@@ -241,7 +242,7 @@ def register_model(
     if params.enforce_gate and not all(c.passed for c in checks):
         raise GateFailed(checks)
     entry = build_entry(root, params, checks, params_path if params_path.is_absolute() else root / params_path)
-    card = model_card(entry)
+    card = model_card(entry, card_figures(root, CARD.parent))
     write_text_atomic(root / CARD, card)
     write_text_atomic(root / ENTRY, json.dumps(entry, indent=2) + "\n")
     return entry

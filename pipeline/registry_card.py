@@ -1,12 +1,15 @@
 """The model card (`registry/model_card.md`) rendered from a registry entry.
 
-What the model is, how it was trained, the results next to both baselines, intended use and limits,
-and how to load the weights with plain timm and with `pipeline.load_encoder`.
+What the model is, how it was trained, the results next to both baselines, the figures of the curves
+(registry/figures/*.png, rendered by the `report` stage), intended use and limits, and how to load the
+weights with plain timm, with transformers (`ijepa export --format transformers`) and with
+`pipeline.load_encoder`.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 BASELINES = (("random", "random-init ViT"), ("raw", "raw pixels"))
@@ -78,8 +81,38 @@ def _gate_lines(gate: dict) -> list[str]:
     return lines
 
 
-def model_card(entry: dict[str, Any]) -> str:
-    """Markdown model card for one registry entry."""
+def _figure_lines(figures: Sequence[tuple[str, str]]) -> list[str]:
+    if not figures:
+        return []
+    lines = ["## Figures", "", "Rendered offline by the `report` stage from the run's own curves "
+             "(`dvc plots show` draws the same charts).", ""]  # fmt: skip
+    for title, link in figures:
+        lines += [f"![{title}]({link})", ""]
+    return lines
+
+
+def _transformers_lines(enc: dict[str, Any], kw: dict[str, Any]) -> list[str]:
+    if kw.get("embed_norm_layer"):
+        return [
+            "Not as a transformers `IJepaModel`: this encoder has a LayerNorm after the patch projection "
+            "(`model.patch_norm`), which IJepaModel cannot represent (`ijepa export` refuses it).",
+            "",
+        ]
+    return [
+        "With Hugging Face transformers (`IJepaModel`; same features as timm within fp32 rounding):",
+        "",
+        "```python",
+        f"# once: ijepa export --format transformers hf-encoder/ --encoder {enc['path']}",
+        "from transformers import IJepaModel",
+        'model = IJepaModel.from_pretrained("hf-encoder/").eval()  # local directory, nothing downloaded',
+        "features = model(pixel_values=x).last_hidden_state.mean(dim=1)  # x normalised as above -> (B, width)",
+        "```",
+        "",
+    ]
+
+
+def model_card(entry: dict[str, Any], figures: Sequence[tuple[str, str]] = ()) -> str:
+    """Markdown model card for one registry entry; `figures`: (title, link relative to the card)."""
     arch = entry.get("architecture") or {}
     kw = arch.get("timm_kwargs", {})
     params = entry.get("params") or {}
@@ -139,6 +172,7 @@ def model_card(entry: dict[str, Any]) -> str:
         "",
         *_gate_lines(entry.get("gate") or {}),
         "",
+        *_figure_lines(figures),
         "## Intended use and limits",
         "",
         "- Intended: frozen features for linear / low-shot classification of images like the training data "
@@ -163,6 +197,7 @@ def model_card(entry: dict[str, Any]) -> str:
         "features = model(x)  # x: (B, C, H, W), normalised as above -> (B, width), mean-pooled tokens",
         "```",
         "",
+        *_transformers_lines(enc, kw),
         "With the pipeline (a path, a registry version or a stage):",
         "",
         "```python",

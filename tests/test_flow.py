@@ -52,8 +52,12 @@ def test_flow_runs_stages_in_order_then_cached_then_only_downstream(prefect_api:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:  # the task states are named Cached on the server
-        names = {r.name: r.state.name for r in task_runs(client, state.state_details.flow_run_id)}
+        runs = task_runs(client, state.state_details.flow_run_id)
+    names = {r.name: r.state.name for r in runs}
     assert names == {"prepare": "Cached", "train": "Cached", "evaluate": "Cached"}
+    by_id = {r.id: r.name for r in runs}  # the run graph's edges are the stage graph's (wait_for)
+    edges = {r.name: {by_id[i.id] for i in r.task_inputs.get("wait_for", [])} for r in runs}
+    assert edges == {"prepare": set(), "train": {"prepare"}, "evaluate": {"train"}}
 
     set_param(project, "train", "lr", 0.02)  # one param: exactly the stages that read it and their descendants
     third = ijepa_pipeline(project=str(project))

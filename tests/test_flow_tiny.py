@@ -56,3 +56,6 @@ def test_flow_over_the_real_stages(prefect_api: PrefectServer, tiny_project: Pat
     assert report is not None and "| shard | cached |" in report.data
     if "eval_linear" in expected:
         assert "| linear.test_top1 |" in report.data
+    if "report" in expected:  # the figures, inline, so they show wherever the UI runs
+        figures = Artifact.get("ijepa-pipeline-figures")
+        assert figures is not None and figures.data.count("](data:image/png;base64,") == 4

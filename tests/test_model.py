@@ -305,3 +305,27 @@ def test_batch_target_norm_removes_what_every_image_shares():
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="unknown target norm"):
         model.target_representations(x, m, "instance")
+
+
+def test_whitened_targets_have_unit_variance_in_every_direction():
+    from pipeline.ijepa.model import batch_whiten
+
+    model = IJEPA(TINY)
+    x = torch.randn(64, 1, 16, 16)
+    m = _masks(TINY, 64)
+    with torch.no_grad():
+        t = F.layer_norm(model.target_encoder(x), (32,))
+        w = batch_whiten(t)
+    assert torch.allclose(w.mean(0), torch.zeros_like(w[0]), atol=1e-5)  # nothing shared per position
+
+    def spectrum(a: torch.Tensor) -> torch.Tensor:
+        flat = (a - a.mean(0)).reshape(-1, 32).double()
+        return torch.linalg.eigvalsh(flat.T @ flat / (flat.shape[0] - 1))
+
+    raw, white = spectrum(t), spectrum(w)
+    above = raw > 1e-3 * raw.mean()  # directions above the floor come out with unit variance, the rest
+    assert int(above.sum()) >= 16  # (numerically empty ones) are not blown up
+    assert torch.allclose(white[above], torch.ones_like(white[above]), atol=1e-3)
+    assert float(white.max()) < 1.0 + 1e-3 and float(raw.max() / raw[above].min()) > 10  # raw: far from white
+    _, picked = model.target_representations(x, m, "whiten")
+    assert torch.allclose(picked, gather_tokens(w, m.targets), atol=1e-5)

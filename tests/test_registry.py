@@ -110,6 +110,9 @@ def test_gate_passes_entry_and_card(project: Path) -> None:
         assert text in card, text
     lin = entry["metrics"]["eval_linear"]
     assert f"| linear probe, test top-1 | {100 * lin['linear.test_top1']:.2f} % |" in card
+    figures = re.findall(r"!\[[^\]]+\]\((figures/\w+\.png)\)", card)  # rendered by the `report` stage
+    assert len(figures) == 4 and all((project / "registry" / f).stat().st_size > 0 for f in figures)
+    assert "IJepaModel.from_pretrained(" in card
 
 
 @pytest.mark.slow

@@ -312,6 +312,24 @@ def batch_standardize(t: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return ((x - mean) / std).to(t.dtype)
 
 
+def batch_whiten(t: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """[B, N, D] centred per position across the batch, then ZCA-whitened with the covariance of all
+    B*N centred tokens (eigenvalues floored at `eps` x their mean), in fp64 for the decomposition.
+
+    Per-dimension standardisation leaves correlated dimensions correlated: a target whose variance
+    lies in one direction (on Fashion-MNIST: the amount of ink) stays one-dimensional. Whitened
+    targets have unit variance in every direction (W-MSE, Ermolov et al. 2021), so no direction can
+    carry the loss alone and the predictor has to predict all of them."""
+    x = t.double()
+    x = x - x.mean(0, keepdim=True)
+    flat = x.reshape(-1, x.shape[-1])
+    cov = flat.T @ flat / max(flat.shape[0] - 1, 1)
+    lam, vec = torch.linalg.eigh(cov)
+    lam = lam.clamp_min(eps * lam.mean().clamp_min(1e-12))
+    w = vec @ torch.diag(lam.rsqrt()) @ vec.T
+    return (x @ w).to(t.dtype)
+
+
 def masked_mean(z: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     """Mean over the real tokens of [B, N, D] (`valid` [B, N] bool; None = all) -> [B, D]."""
     if valid is None:
@@ -364,13 +382,16 @@ class IJEPA(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Target encoder on the whole image -> (its output [B, N, D], normalised target patches
         [B, T, Nt, D]). `norm="layer"`: per-token layer norm (the original). `"batch"`: then each
-        (position, dimension) standardised across the batch (`batch_standardize`)."""
+        (position, dimension) standardised across the batch (`batch_standardize`). `"whiten"`: then
+        centred per position across the batch and whitened over all tokens (`batch_whiten`)."""
         h = self.target_encoder(images)
         t = F.layer_norm(h, (h.shape[-1],))
         if norm == "batch":
             t = batch_standardize(t)
+        elif norm == "whiten":
+            t = batch_whiten(t)
         elif norm != "layer":
-            raise ValueError(f"unknown target norm {norm!r}: expected 'layer' or 'batch'")
+            raise ValueError(f"unknown target norm {norm!r}: expected 'layer', 'batch' or 'whiten'")
         return h, gather_tokens(t, masks.targets)
 
     def encode_context(self, images: torch.Tensor, masks: Masks) -> torch.Tensor:
