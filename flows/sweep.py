@@ -12,11 +12,19 @@ temp run dir (DVC logs `Running stage 'X':` after removing X's old outs), the fi
 `poll_s`; each new row is reported to the trial and Optuna's MedianPruner decides. A pruned
 trial's `dvc exp run` is interrupted, so it saves compute but leaves no experiment. A failing trial is
 told to Optuna as FAIL (with the reason as user attr `error`) and the sweep goes on.
+
+Parallel workers: several `ijepa sweep` processes, each in its own checkout (one DVC command at a
+time per checkout), share one study through an RDB storage (PostgreSQL). Optuna hands every trial to
+exactly one worker; each worker draws from its own seed (`worker_seed`) with TPE's constant liar, so
+running trials are not proposed again; `sweep.exp_remote` pushes each finished experiment to a git
+remote, from which `--apply` pulls the best one when another worker ran it.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +38,15 @@ from flows.dvc_runner import DvcSession, ProjectLock, StageFailed, failure_reaso
 from flows.report import sweep_markdown
 from pipeline.config import FlowParams, PruningParams, SweepParams, load_section
 from pipeline.dag import StageSpec
-from pipeline.sweep_space import decode_params, metric, read_curve, suggest, to_overrides
+from pipeline.sweep_space import (
+    decode_params,
+    display_storage,
+    metric,
+    read_curve,
+    suggest,
+    to_overrides,
+    worker_seed,
+)
 
 EXP_TMP_GLOBS = ("standalone/tmp*", "tmp*")  # where `dvc exp run --temp` works (.dvc/tmp/exps/...)
 
@@ -126,6 +142,32 @@ def run_trial(project: str, number: int, exp_name: str, overrides: list[str], pa
     return {"state": "complete", "value": metric(report, params.objective), "report": extra}
 
 
+def local_experiments(root: Path) -> set[str]:
+    """Names of the DVC experiments in this checkout (git refs under refs/exps)."""
+    out = subprocess.run(["git", "for-each-ref", "--format=%(refname:lstrip=-1)", "refs/exps"], cwd=root,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return set(out.split())
+
+
+def share_experiment(root: Path, remote: str, exp_name: str, logger: Any) -> None:
+    """`dvc exp push REMOTE EXP` (the commit, and its cached outputs when a DVC remote is set)."""
+    result = run_dvc(["exp", "push", remote, exp_name], root, lambda _s, ln: logger.info(ln))
+    if result.returncode != 0:
+        raise StageFailed(f"dvc exp push {remote} {exp_name} failed: {failure_reason(result)}")
+
+
+def fetch_experiment(root: Path, remote: str | None, exp_name: str, logger: Any) -> None:
+    """Make sure `exp_name` is in this checkout: `dvc exp pull REMOTE EXP` when another worker ran it."""
+    if exp_name in local_experiments(root):
+        return
+    if not remote:
+        raise StageFailed(f"experiment {exp_name} was run in another workspace and sweep.exp_remote is not set: "
+                          "set it to a git remote all workers push to")  # fmt: skip
+    result = run_dvc(["exp", "pull", remote, exp_name], root, lambda _s, ln: logger.info(ln))
+    if result.returncode != 0:
+        raise StageFailed(f"dvc exp pull {remote} {exp_name} failed: {failure_reason(result)}")
+
+
 def _trial_row(t: optuna.trial.FrozenTrial, params: SweepParams) -> dict[str, Any]:
     return {"number": t.number, "state": t.state.name.lower(), "value": t.value,
             "exp_name": t.user_attrs.get("exp_name", ""), "params": decode_params(t.params, params.space),
@@ -157,21 +199,26 @@ def ijepa_sweep(
     if params.pruning.enabled and curve_stage is None:
         logger.warning("pruning off: no stage outputs %s (sweep.pruning.file)", params.pruning.file)
     study_name = study or params.study
-    storage = storage or params.storage or default_storage(root)
-    sampler = optuna.samplers.TPESampler(seed=params.seed if seed is None else seed)
+    storage = storage or params.storage
+    shared = storage is not None  # an RDB other workers may use too; the default SQLite file is ours alone
+    storage = storage or default_storage(root)
+    workspace = f"{socket.gethostname()}:{root}"
+    sampler = optuna.samplers.TPESampler(seed=worker_seed(params.seed if seed is None else seed, str(root), shared),
+                                         constant_liar=shared)  # fmt: skip
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=params.pruning.n_startup_trials,
                                           n_warmup_steps=params.pruning.n_warmup_steps)
               if params.pruning.enabled else optuna.pruners.NopPruner())  # fmt: skip
     opt = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
                               direction=params.direction, load_if_exists=True)  # fmt: skip
     with ProjectLock(root, flow_params.lock_timeout_s):
-        for _ in range(n_trials or params.n_trials):
+        for _ in range(params.n_trials if n_trials is None else n_trials):
             trial = opt.ask()
             values = suggest(trial, params.space)
             overrides = to_overrides(values)
             exp_name = f"trial-{study_name}-{trial.number}"
             trial.set_user_attr("exp_name", exp_name)
             trial.set_user_attr("overrides", overrides)
+            trial.set_user_attr("workspace", workspace)
             state = run_trial(str(root), trial.number, exp_name, overrides, params, trial, curve_stage,
                               return_state=True)  # fmt: skip
             if not state.is_completed():
@@ -187,10 +234,13 @@ def ijepa_sweep(
                 trial.set_user_attr(key, value)
             opt.tell(trial, outcome["value"])
             logger.info("trial %d = %s: %s = %.4f", trial.number, exp_name, params.objective, outcome["value"])
+            if params.exp_remote:
+                share_experiment(root, params.exp_remote, exp_name, logger)
         complete = opt.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
         best = opt.best_trial if complete else None
         summary: dict[str, Any] = {
-            "study": study_name, "storage": storage, "objective": params.objective, "direction": params.direction,
+            "study": study_name, "storage": display_storage(storage), "objective": params.objective,
+            "direction": params.direction,
             "trials": [_trial_row(t, params) for t in opt.trials],
             "best": _trial_row(best, params) if best else None,
         }  # fmt: skip
@@ -199,6 +249,7 @@ def ijepa_sweep(
             logger.info("best: trial %d = experiment %s, %s = %.4f", best.number, best_exp, params.objective,
                         best.value)  # fmt: skip
         if apply and best_exp:
+            fetch_experiment(root, params.exp_remote, best_exp, logger)
             result = run_dvc(["exp", "apply", best_exp], root, lambda _s, ln: logger.info(ln))
             if result.returncode != 0:
                 raise StageFailed(f"dvc exp apply {best_exp} failed: {failure_reason(result)}")

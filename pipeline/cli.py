@@ -303,6 +303,27 @@ def plots_template_cmd(
     typer.echo(f"{written}: {written.stat().st_size} bytes")
 
 
+@app.command("publish-shards")
+def publish_shards(
+    url: str = typer.Argument(..., help="destination folder in object storage, e.g. s3://bucket/ijepa/shards"),
+    shards: Path = typer.Option(Path("data/shards"), help="local shard folder ({train,val,test}/*.tar)"),
+) -> None:
+    """Upload the shards to object storage, for training and evaluation with `IJEPA_SHARD_URL=URL`.
+
+    Credentials and endpoint come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_ENDPOINT_URL for MinIO and the like). Run it after `dvc repro shard` so the copy matches dvc.lock.
+    """
+    from pipeline.data import remote
+
+    if not remote.is_url(url):
+        raise fail(f"{url!r} is not a URL (e.g. s3://bucket/ijepa/shards)")
+    try:
+        done = remote.publish_shards(shards, url)
+    except (FileNotFoundError, OSError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"published {len(done)} shards to {url}; read them with IJEPA_SHARD_URL={url}")
+
+
 # Orchestration (Prefect flows, deployments, Optuna sweep): pipeline/cli_orchestration.py, lazy imports.
 from pipeline.cli_orchestration import flow_app, sweep  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""`ijepa flow run|serve|stages` and `ijepa sweep`: the Prefect/Optuna commands of the console script.
+"""`ijepa flow run|serve|deploy|stages` and `ijepa sweep`: the Prefect/Optuna commands of the console script.
 
 Registered on the main app by pipeline/cli.py. Prefect, Optuna and the flows are imported inside the
 command functions only, after flows/_env.py has set the Prefect environment, so other commands never
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-flow_app = typer.Typer(help="Run the DVC pipeline as a Prefect flow, or serve its deployments.",
+flow_app = typer.Typer(help="Run the DVC pipeline as a Prefect flow, or serve or deploy its deployments.",
                        no_args_is_help=True)  # fmt: skip
 
 
@@ -96,11 +96,39 @@ def flow_serve(
         raise _fail(str(exc)) from None
 
 
+@flow_app.command("deploy")
+def flow_deploy(
+    project: Path = typer.Option(Path("."), help="DVC project root (or a folder inside it)"),
+    pool: str | None = typer.Option(None, help="work pool (default: params flow.work_pool; created if missing)"),
+    queue: str | None = typer.Option(None, help="work queue of the pool (default: the pool's default queue)"),
+) -> None:
+    """Register `ijepa-pipeline/nightly-retrain` and `ijepa-sweep/sweep` to a work pool; start workers with
+    `prefect worker start --pool NAME`."""
+    root = _prepare(project)
+    from flows.deploy import NoServerError, deploy
+    from pipeline.config import FlowParams, load_section
+
+    params = load_section("flow", root / "params.yaml", FlowParams)
+    try:
+        ids = deploy(root, params, pool, queue)
+    except NoServerError as exc:
+        raise _fail(str(exc)) from None
+    for name, ident in ids.items():
+        typer.echo(f"{name:<32} {ident}  (pool {pool or params.work_pool})")
+    typer.echo(f"start a worker: prefect worker start --pool {pool or params.work_pool}")
+
+
 def sweep(
     project: Path = typer.Option(Path("."), help="DVC project root (or a folder inside it)"),
-    n_trials: int | None = typer.Option(None, "--n-trials", help="trials to run now (default: sweep.n_trials)"),
+    n_trials: int | None = typer.Option(
+        None, "--n-trials", min=0, help="trials to run now (default: sweep.n_trials; 0: only report/apply)"
+    ),
     study: str | None = typer.Option(None, help="study name (default: sweep.study); resumed if it exists"),
-    storage: str | None = typer.Option(None, help="Optuna storage URL (default: sqlite:///.optuna/study.db)"),
+    storage: str | None = typer.Option(
+        None,
+        help="Optuna storage URL (default: sqlite:///.optuna/study.db); "
+        "postgresql://user@host/db to share the study between workers",
+    ),
     seed: int | None = typer.Option(None, help="TPE sampler seed (default: sweep.seed)"),
     apply: bool = typer.Option(False, "--apply", help="`dvc exp apply` the best experiment at the end"),
 ) -> None:

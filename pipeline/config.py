@@ -157,6 +157,11 @@ class TrainParams(_Section):
         None, ge=1, description="run at least this many updates, however small the dataset (epochs stretched)"
     )
     batch_size: int = Field(128, ge=1)
+    data_parts: int | None = Field(
+        None, ge=1, description="parts the training data is cut into (disjoint shard subsets, pipeline/data/parts.py); "
+        "every process reads data_parts / processes of them. None: one per process (one process: the plain epoch "
+        "loader). Runs with equal data_parts and global batch train the same model on any number of processes",
+    )  # fmt: skip
     lr: float = Field(1e-3, gt=0.0, le=1.0, description="peak learning rate (AdamW), after warmup")
     start_lr: float = Field(1e-4, gt=0.0, le=1.0, description="learning rate at step 0 (linear warmup to lr)")
     final_lr: float = Field(1e-6, gt=0.0, le=1.0, description="learning rate at the last step (cosine from lr)")
@@ -275,6 +280,8 @@ class FlowParams(_Section):
     stages: dict[str, StageRunParams] = Field(default_factory=dict, description="per-stage retries/timeout_s")
     lock_timeout_s: float = Field(600.0, ge=0.0, description="wait this long for another flow/sweep's lock")
     log_tail_lines: int = Field(20, ge=1, description="stage output lines quoted in a failure message")
+    work_pool: str = Field("ijepa", min_length=1, description="work pool of `ijepa flow deploy` (created as a "
+                           "`process` pool when missing)")  # fmt: skip
 
 
 class SpaceParam(_Section):
@@ -324,6 +331,10 @@ class SweepParams(_Section):
     direction: Literal["minimize", "maximize"] = "maximize"
     report: list[str] = Field(default_factory=lambda: ["linear.test_top1"], description="recorded as user attrs")
     trial_timeout_s: float = Field(86400.0, gt=0)
+    exp_remote: str | None = Field(
+        None, description="git remote (name or URL) each finished trial's experiment is pushed to (`dvc exp "
+        "push`), so that any worker sharing the study can apply the best one; None: experiments stay local",
+    )  # fmt: skip
     pruning: PruningParams = Field(default_factory=PruningParams)
     space: dict[str, SpaceParam] = Field(default_factory=dict)
 

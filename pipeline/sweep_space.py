@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import socket
+import zlib
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -132,3 +134,24 @@ def read_curve(text: str, column: str) -> list[tuple[int, float]]:
         if math.isfinite(value):
             rows.append((step, value))
     return rows
+
+
+def display_storage(url: str) -> str:
+    """The storage URL for logs and artifacts, with any password replaced by `***`."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def worker_seed(seed: int, workspace: str, shared: bool) -> int:
+    """The TPE seed of one sweep worker. A study in a storage of its own (the default SQLite file)
+    keeps `seed` as it is; workers sharing a study each get `seed` mixed with their host and
+    checkout, so two workspaces never draw the same sequence (equal seeds would propose the same
+    startup trials in every worker)."""
+    if not shared:
+        return seed
+    return (seed * 1_000_003 + zlib.crc32(f"{socket.gethostname()}:{workspace}".encode())) % 2**31

@@ -18,8 +18,9 @@ Images are PNG or JPEG members (pipeline/data/codecs.py), decoded with torchvisi
 libjpeg-turbo decoders straight into uint8 tensors (`decode_tensor`; faster than PIL here, and PNG is
 lossless, so the pixels are exactly PIL's). torchvision 0.29 deprecates its image codecs in favour of
 TorchCodec (not a dependency here): the warning is silenced for that one call, and with a torchvision
-that has dropped them, PIL decodes instead. Every tar is read through pipeline/data/tario.py
-(`tar_samples`), which refuses unsafe members.
+that has dropped them, PIL decodes instead. A shard location may be a URL of object storage (s3://…):
+its tars are listed and streamed through fsspec (pipeline/data/remote.py), never copied to local disk.
+Every tar is read through pipeline/data/tario.py (`tar_samples`), which refuses unsafe members.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import io
 import random
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset import tariterators
 
+from pipeline.data import remote
 from pipeline.data.codecs import image_member
 from pipeline.data.sources import SPLITS
 from pipeline.data.tario import iter_members
@@ -52,7 +55,10 @@ SampleTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def list_shards(shard_dir: Path | str) -> list[str]:
-    """Sorted tar files of one split directory; a clear error when there are none."""
+    """Sorted tar files of one split directory, or URLs of one split folder in object storage
+    (pipeline/data/remote.py); a clear error when there are none."""
+    if remote.is_url(shard_dir):
+        return remote.list_tars(str(shard_dir))
     shard_dir = Path(shard_dir)
     if not shard_dir.is_dir():
         hint = f" (expected one of {', '.join(SPLITS)} under data/shards; run `dvc repro shard`)"
@@ -98,8 +104,17 @@ def _expand(data: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield {}  # end of shard: webdataset's grouping never joins samples across shards
 
 
+def _open(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """webdataset's url_opener for local files; object-store URLs are streamed through fsspec."""
+    for source in src:
+        if remote.is_url(source["url"]):
+            yield {**source, "stream": remote.open_url(source["url"])}
+        else:
+            yield from tariterators.url_opener([source])
+
+
 def _tar_samples(src: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    return tariterators.group_by_keys(_expand(tariterators.url_opener(src)))
+    return tariterators.group_by_keys(_expand(_open(src)))
 
 
 tar_samples = wds.filters.pipelinefilter(_tar_samples)  # webdataset stage: urls in, checked samples out
@@ -117,9 +132,35 @@ def decode_sample(sample: dict) -> tuple[torch.Tensor, int, str]:
     return image, label, key
 
 
-def worker_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
-    """A generator seeded by (seed, epoch, rank, world, DataLoader worker, stream), at iteration time."""
+Part = tuple[int, int]  # (k, K): the k-th of K disjoint parts of the training data (pipeline/data/parts.py)
+
+
+def _node(part: Part | None) -> tuple[int, int, int]:
+    """(rank, world, worker) for seeding: a data part replaces the DDP rank and world size."""
     rank, world, worker, _ = wds.utils.pytorch_worker_info()
+    return (part[0], part[1], worker) if part is not None else (rank, world, worker)
+
+
+def _part_worker_seed(k: int) -> int:
+    """ResampledShards' per-worker seed with part `k` in place of the rank (webdataset: rank * 1000 + worker)."""
+    return k * 1000 + wds.utils.pytorch_worker_info()[2]
+
+
+def part_shards(urls: list[str], part: Part) -> list[str]:
+    """The shards of part k of K: every K-th of the sorted list, from the k-th; an error when it gets none."""
+    k, n = part
+    if not 0 <= k < n:
+        raise ValueError(f"data part {k} of {n} does not exist")
+    mine = urls[k::n]
+    if not mine:
+        raise ValueError(f"data part {k} of {n} gets no shard: only {len(urls)} shards; lower train.data_parts")
+    return mine
+
+
+def worker_generator(seed: int, epoch: int, stream: int, part: Part | None = None) -> torch.Generator:
+    """A generator seeded by (seed, epoch, rank, world, DataLoader worker, stream), at iteration time;
+    with a data `part` (k, K), k and K stand in for the rank and world size."""
+    rank, world, worker = _node(part)
     state = np.random.SeedSequence([seed, epoch, rank, world, worker, stream]).generate_state(2, dtype=np.uint64)
     return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
@@ -145,11 +186,11 @@ class _SeededShardShuffle(wds.PipelineStage):
 class _WorkerSampleShuffle(wds.PipelineStage):
     """Buffer shuffle whose RNG is seeded by (seed, epoch, rank, worker) at iteration time."""
 
-    def __init__(self, bufsize: int, seed: int, epoch: int) -> None:
-        self.bufsize, self.seed, self.epoch = bufsize, seed, epoch
+    def __init__(self, bufsize: int, seed: int, epoch: int, part: Part | None = None) -> None:
+        self.bufsize, self.seed, self.epoch, self.part = bufsize, seed, epoch, part
 
     def run(self, src: Iterable) -> Iterator:
-        rank, world, worker, _ = wds.utils.pytorch_worker_info()
+        rank, world, worker = _node(self.part)
         rng = random.Random(f"samples-{self.seed}-{self.epoch}-{rank}-{world}-{worker}")
         buf: list = []
         for sample in src:
@@ -163,11 +204,11 @@ class _WorkerSampleShuffle(wds.PipelineStage):
 class _SeededTransform(wds.PipelineStage):
     """Apply a per-sample transform to decoded (image, label, key), with a worker-seeded generator."""
 
-    def __init__(self, transform: SampleTransform, seed: int, epoch: int) -> None:
-        self.transform, self.seed, self.epoch = transform, seed, epoch
+    def __init__(self, transform: SampleTransform, seed: int, epoch: int, part: Part | None = None) -> None:
+        self.transform, self.seed, self.epoch, self.part = transform, seed, epoch, part
 
     def run(self, src: Iterable) -> Iterator:
-        gen = worker_generator(self.seed, self.epoch, stream=2)
+        gen = worker_generator(self.seed, self.epoch, stream=2, part=self.part)
         for image, label, key in src:
             yield self.transform(image, gen), label, key
 
@@ -192,31 +233,39 @@ def train_loader(
     transform: SampleTransform | None = None,
     collate_fn: Callable[[list], object] | None = None,
     drop_last: bool = True,
+    part: Part | None = None,
 ) -> Iterable:
     """Shuffled batches over the shards of one split (see the module docstring for the seeding).
 
     `transform(uint8 image, generator) -> uint8 image` runs per sample in the workers (needed when
     the stored images are not all of one size); `collate_fn` receives a list of (image, label, key)
     with uint8 images (the default gives float images in [0,1] and labels): the hook for the mask
-    collator.
+    collator. `part=(k, K)`: read only data part k of K (`part_shards`), drawn with replacement
+    and seeded by k in place of the DDP rank, so that what a part yields does not depend on which
+    process reads it (multi-node training, pipeline/data/parts.py); needs `epoch_batches`.
     """
     urls = list_shards(shard_dir)
     rank, world = _rank_world()
-    if resampled:
+    if part is not None:
+        if epoch_batches is None:
+            raise ValueError("a data part is read with replacement: give epoch_batches")
+        shards = wds.ResampledShards(part_shards(urls, part), seed=seed * 1000 + epoch * 7919, deterministic=True,
+                                     worker_seed=partial(_part_worker_seed, part[0]))  # fmt: skip
+    elif resampled:
         shards = wds.ResampledShards(urls, seed=seed * 1000 + epoch * 7919 + rank, deterministic=True)
     else:
         shards = wds.SimpleShardList(urls)
     stages: list = [shards]
-    if not resampled:
+    if not resampled and part is None:
         stages += [_SeededShardShuffle(seed, epoch), wds.split_by_node]
     stages += [
         wds.split_by_worker,
         tar_samples(),
-        _WorkerSampleShuffle(shuffle_buffer, seed, epoch),
+        _WorkerSampleShuffle(shuffle_buffer, seed, epoch, part),
         wds.map(decode_sample),
     ]
     if transform is not None:
-        stages.append(_SeededTransform(transform, seed, epoch))
+        stages.append(_SeededTransform(transform, seed, epoch, part))
     stages.append(wds.batched(batch_size, collation_fn=collate_fn or default_collate, partial=not drop_last))
     pipeline = wds.DataPipeline(*stages)
     if epoch_batches is not None:

@@ -78,8 +78,12 @@ def iter_members(path: str, fileobj: IO[bytes] | None = None) -> Iterator[tuple[
         yield from iter_members(path, fh)
 
 
-def member_names(path: str) -> Iterator[str]:
-    """Names of the regular files of a tar, checked, without reading their bodies."""
-    with open(path, "rb") as fh:
-        for _, info in iter_infos(fh, path, seekable=True):
+def member_names(path: str, fileobj: IO[bytes] | None = None) -> Iterator[str]:
+    """Names of the regular files of a tar (or of seekable `fileobj`, named `path`), checked, without
+    reading their bodies."""
+    if fileobj is not None:
+        for _, info in iter_infos(fileobj, path, seekable=True):
             yield info.name
+        return
+    with open(path, "rb") as fh:
+        yield from member_names(path, fh)

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.data import remote
 from pipeline.data.loader import eval_loader
 from pipeline.data.shards import read_manifest
 from pipeline.data.sources import stratified_split
@@ -298,8 +299,11 @@ def build_cache(
     `crop_ratio`: the resize + centre crop of images not already the encoder's size (module docstring).
     `snapshot_max_images` caps each split of the snapshot sets (a subset of the sets' keys), so the
     accuracy-vs-step curve costs a fraction of a full extraction. Subsets need the manifest.
+    `shards_root`: the folder of {train,val,test}/*.tar, or its URL in object storage; `IJEPA_SHARD_URL`,
+    when set, replaces it (streamed, never copied: pipeline/data/remote.py).
     """
     start = time.perf_counter()
+    shards_root = remote.shard_root(shards_root)
     encoder = load_encoder(encoder_path)
     meta = encoder.ijepa_meta
     norm = meta["normalization"]
@@ -337,7 +341,8 @@ def build_cache(
         extractors = [Extractor(e.name, e.model, keep) for e in base]
         extractors += [Extractor(s["set"], m, snap_keep) for s, m in zip(snapshots, snap_models, strict=True)]
         total = -(-len(keep or split_rows) // batch_size) if split_rows is not None else None
-        batches = split_batches(Path(shards_root) / split, batch_size, keep, img_size=img_size, crop_ratio=crop_ratio)
+        batches = split_batches(remote.join(shards_root, split), batch_size, keep, img_size=img_size,
+                                crop_ratio=crop_ratio)  # fmt: skip
         out = extract(batches, extractors, norm["mean"], norm["std"],
                       last_layers=last_layers, precision=precision, device=dev, total=total, desc=split)  # fmt: skip
         for name, fs in out.items():

@@ -1,7 +1,14 @@
-"""Process topology of pretraining: torchrun/DDP process group, rank info and device choice.
+"""Process topology of pretraining: torchrun/DDP process group, rank info, device choice, and this
+process's rows of the global batch's masks.
 
 Under `torchrun --nproc_per_node=N -m stages.pretrain` every process joins one group (nccl when it
 trains on CUDA, gloo on CPU); a plain `python -m stages.pretrain` is world size 1 with no group.
+Several nodes: one torchrun per node with the same rendezvous, e.g. on each of 2 hosts
+`torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST0:29400 --rdzv_id JOB
+-m stages.pretrain` (SLURM and more: docs/ORCHESTRATION.md); ranks are global, `LOCAL_RANK` picks the
+GPU. Every rank draws the masks of the whole global batch from one seed and keeps its own rows
+(`local_masks`), like the data (pipeline/data/parts.py): the run is the run of one process with the
+global batch.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
+
+from pipeline.ijepa.masks import Masks, MultiBlockMaskCollator
 
 
 @dataclass(frozen=True)
@@ -55,3 +64,15 @@ def resolve_device(name: str, dist: Dist) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", dist.local_rank)
     return device
+
+
+def local_masks(collator: MultiBlockMaskCollator, batch_size: int, step: int, dist: Dist) -> Masks:
+    """Masks of this rank's `batch_size` images: rows rank·B … (rank+1)·B − 1 of the masks of the
+    global batch (B × world), which every rank draws alike from (collator seed, step)."""
+    if dist.world == 1:
+        return collator.sample(batch_size, step)
+    full = collator.sample(batch_size * dist.world, step)
+    rows = slice(dist.rank * batch_size, (dist.rank + 1) * batch_size)
+    valid = None if full.context_valid is None else full.context_valid[rows]
+    raw = full.context_raw_len[rows] if full.context_raw_len.numel() else full.context_raw_len
+    return Masks(full.context[rows], full.targets[rows], raw, full.fallbacks, valid)

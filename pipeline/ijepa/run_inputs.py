@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import MaskParams, ModelParams, TrainParams
+from pipeline.data import remote
 from pipeline.data.integrity import InputGateError, require_validation_passed, verify_shards
 from pipeline.data.loader import list_shards
 from pipeline.data.tario import member_names
@@ -33,29 +34,37 @@ def read_normalization(path: Path) -> dict[str, list[float]]:
     return {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
 
 
-def count_samples(shard_dir: Path) -> int:
-    """Number of samples (`.cls` members) in the tar shards of one split; a damaged shard is named."""
+def count_samples(shard_dir: Path | str) -> int:
+    """Number of samples (`.cls` members) in the tar shards of one split (a directory or a URL); a
+    damaged shard is named."""
     total = 0
     for url in list_shards(shard_dir):
         try:
-            total += sum(1 for name in member_names(url) if name.endswith(".cls"))
+            if remote.is_url(url):  # headers only: the store is read with range requests, bodies skipped
+                with remote.open_url(url) as fh:
+                    total += sum(1 for name in member_names(url, fh) if name.endswith(".cls"))
+            else:
+                total += sum(1 for name in member_names(url) if name.endswith(".cls"))
         except (tarfile.TarError, EOFError, OSError) as exc:
             detail = str(exc).removeprefix(f"{url}: ")
             raise ShardReadError(f"{url}: unreadable shard ({detail}); rerun `dvc repro shard`") from exc
     return total
 
 
-def checked_inputs(validation: Path, shards: Path, shard_report: Path | None) -> tuple[dict[str, list[float]], int]:
+def checked_inputs(
+    validation: Path, shards: Path | str, shard_report: Path | None
+) -> tuple[dict[str, list[float]], int]:
     """The normalisation and the number of training samples, once the inputs passed the stage-level gate:
     validation succeeded, the train shards match the digests of `shard_report` (skipped when None), and
-    they hold the number of samples that validation counted."""
+    they hold the number of samples that validation counted. Shards read from object storage (a URL) are
+    not digest-checked here (that would download them): publish them from a validated checkout."""
     if not validation.is_file():
         raise FileNotFoundError(f"{validation} not found: run the `validate` stage first (`dvc repro validate`)")
     report = require_validation_passed(validation)
-    if shard_report is not None:
-        verify_shards(shards, shard_report)
+    if shard_report is not None and not remote.is_url(str(shards)):
+        verify_shards(Path(shards), shard_report)
     n_train = count_samples(shards)
-    validated = (report.get("count") or {}).get(shards.name)
+    validated = (report.get("count") or {}).get(str(shards).rstrip("/").rsplit("/", 1)[-1])
     if isinstance(validated, int) and validated != n_train:
         raise InputGateError(
             f"{shards}: holds {n_train} samples but {validation} validated {validated}: the shards changed "
@@ -65,11 +74,13 @@ def checked_inputs(validation: Path, shards: Path, shard_report: Path | None) ->
 
 
 def run_identity(
-    model_p: ModelParams, mask_p: MaskParams, train_p: TrainParams, norm: dict, shards: Path, world: int
+    model_p: ModelParams, mask_p: MaskParams, train_p: TrainParams, norm: dict, shards: Path | str, world: int
 ) -> dict[str, Any]:
     """What defines a run: checkpoints of another identity cannot be resumed."""
     train = {k: v for k, v in train_p.model_dump(mode="json").items() if k not in VOLATILE_TRAIN_KEYS}
-    files = [[Path(u).name, Path(u).stat().st_size] for u in list_shards(shards)]
+    if train.get("data_parts") is None:  # unset = one part per process, as before the field: old checkpoints fit
+        train.pop("data_parts", None)
+    files = [[Path(u).name, remote.size(u)] for u in list_shards(shards)]
     return {
         "model": model_p.model_dump(mode="json"),
         "mask": mask_p.model_dump(mode="json"),

@@ -4,7 +4,7 @@ stream, checkpoint/resume, snapshots and the final export. Works in one process 
 
 Determinism (what exact resume rests on): model init is seeded by `train.seed`; the masks of update
 `s` come from `collator.sample(B, s)`; crops are cut in the loader workers, seeded by (seed, data epoch,
-rank, worker); the data is a stream of loader epochs `train_loader(seed, epoch=e)` and a checkpoint
+rank or data part, worker); the data is a stream of loader epochs (`rank_loader`) and a checkpoint
 records the stream position (data epoch, batches consumed in it), so a resumed run re-creates that
 loader and skips the consumed batches (replaying their crops). On CPU a killed and resumed run therefore
 ends bit-identical to an uninterrupted one. `epoch` in logs/reports is the logical epoch `step // steps_per_epoch`.
@@ -23,51 +23,19 @@ import torch
 
 from pipeline.atomic import write_json_atomic
 from pipeline.config import MaskParams, ModelParams, TrainParams
-from pipeline.data.loader import train_loader
+from pipeline.data.parts import rank_loader, rank_parts, resolve_parts
 from pipeline.ijepa import checkpoint as ckpt
 from pipeline.ijepa.augment import BatchTransform, train_transform
-from pipeline.ijepa.distributed import Dist, init_distributed, resolve_device
+from pipeline.ijepa.distributed import Dist, init_distributed, local_masks, resolve_device
 from pipeline.ijepa.export import encoder_meta, save_encoder
 from pipeline.ijepa.guard import LossGuard
 from pipeline.ijepa.logging import Meter, RunLogger, peak_memory_mb
 from pipeline.ijepa.masks import MultiBlockMaskCollator
 from pipeline.ijepa.model import IJEPA, tune_cpu_allocator
+from pipeline.ijepa.paths import RunPaths
 from pipeline.ijepa.precision import autocast, resolve_precision
 from pipeline.ijepa.run_inputs import checked_inputs, run_identity
 from pipeline.ijepa.schedules import Schedules, ScheduleValues, run_length
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where the stage reads and writes (DESIGN.md §3 contracts), relative to `root`."""
-
-    shards: Path
-    validation: Path
-    encoder: Path
-    snapshots: Path
-    checkpoints: Path
-    report: Path
-    live: Path
-    shard_report: Path | None = None  # digests the train shards must match (None: not checked)
-
-    @classmethod
-    def under(cls, root: Path | str = ".") -> RunPaths:
-        r = Path(root)
-        return cls(
-            r / "data/shards/train",
-            r / "reports/validation.json",
-            r / "models/encoder.safetensors",
-            r / "models/snapshots",
-            r / "models/checkpoints",
-            r / "reports/pretrain.json",
-            r / "reports/dvclive",
-            r / "reports/shard.json",
-        )
-
-    @property
-    def snapshot_staging(self) -> Path:
-        """Snapshots are written here first (persisted with the checkpoints, survive a DVC re-run)."""
-        return self.checkpoints / "snapshots"
 
 
 @dataclass
@@ -130,8 +98,8 @@ def build(
         forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     if train_p.compile:
         forward = torch.compile(forward)  # type: ignore[assignment]
-    rank_seed = train_p.seed + 1_000_003 * dist.rank
-    collator = MultiBlockMaskCollator(model_p.grid, mask_p, seed=rank_seed)
+    resolve_parts(train_p.data_parts, dist.world, train_p.batch_size)  # fail before the model is built
+    collator = MultiBlockMaskCollator(model_p.grid, mask_p, seed=train_p.seed)  # global batch: local_masks
     transform = BatchTransform(model_p.img_size, norm["mean"], norm["std"])
     schedules = Schedules.from_params(train_p, steps_per_epoch, run_length(train_p, steps_per_epoch))
     return Trainer(model, forward, optimizer, collator, transform, schedules, train_p, device, dist, steps_per_epoch)
@@ -152,7 +120,7 @@ def train_step(
     """One optimiser update `step` (0-based): schedule, augment, mask, forward/backward, clip, EMA."""
     values = apply_schedule(tr, step)
     x = tr.transform(images.to(tr.device, non_blocking=True), step)
-    masks = tr.collator.sample(x.shape[0], step).to(tr.device, non_blocking=True)
+    masks = local_masks(tr.collator, x.shape[0], step, tr.dist).to(tr.device, non_blocking=True)
     with autocast(tr.device, tr.params.precision):
         loss, stats = tr.forward(
             x,
@@ -172,22 +140,17 @@ def train_step(
     return loss.detach(), stats, values
 
 
-def data_stream(tr: Trainer, shards: Path, progress: Progress) -> Iterator[tuple[torch.Tensor, float]]:
+def data_stream(tr: Trainer, shards: Path | str, progress: Progress) -> Iterator[tuple[torch.Tensor, float]]:
     """(images, seconds waited) from loader epochs `progress.data_epoch, +1, …`, starting after the
     `progress.data_batch` batches already consumed; advances `data_epoch` when a loader runs dry."""
-    p, world = tr.params, tr.dist.world
+    p, rank, world = tr.params, tr.dist.rank, tr.dist.world
+    if (n_parts := resolve_parts(p.data_parts, world, p.batch_size)) > 1:
+        mine = list(rank_parts(rank, world, n_parts))
+        print(f"pretrain: rank {rank}/{world} reads data parts {mine} of {n_parts}", flush=True)
     while True:
-        loader = train_loader(
-            shards,
-            p.batch_size,
-            seed=p.seed,
-            epoch=progress.data_epoch,
-            num_workers=p.num_workers,
-            resampled=world > 1,
-            epoch_batches=tr.steps_per_epoch if world > 1 else None,
-            transform=train_transform(tr.transform.size, p.augment_scale),  # per sample, in the workers
-        )
-        it = iter(loader)
+        crop = train_transform(tr.transform.size, p.augment_scale)  # per sample, in the workers
+        it = iter(rank_loader(shards, p, rank, world, epoch=progress.data_epoch, epoch_batches=tr.steps_per_epoch,
+                              transform=crop))  # fmt: skip
         for i in range(progress.data_batch):
             if next(it, None) is None:
                 raise RuntimeError(
