@@ -166,6 +166,10 @@ class TrainParams(_Section):
     start_lr: float = Field(1e-4, gt=0.0, le=1.0, description="learning rate at step 0 (linear warmup to lr)")
     final_lr: float = Field(1e-6, gt=0.0, le=1.0, description="learning rate at the last step (cosine from lr)")
     warmup_epochs: float = Field(0.25, ge=0.0, description="of `epochs`; scaled with the run when min_steps applies")
+    lr_schedule: Literal["cosine", "wsd"] = Field(
+        "cosine", description="after warmup: cosine to final_lr, or wsd: constant lr, cosine over the last part"
+    )
+    lr_decay_fraction: float = Field(0.2, gt=0.0, le=1.0, description="wsd: share of the run spent decaying")
     weight_decay: Range = (0.04, 0.4)
     ema: Range = (0.996, 1.0)
     grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; None: no clipping")

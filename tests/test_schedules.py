@@ -63,3 +63,16 @@ def test_min_steps_stretches_small_datasets_and_keeps_the_warmup_share() -> None
     assert small.warmup_steps == round(0.125 * 900)  # warmup_epochs / epochs of the run
     unstretched = Schedules.from_params(params, steps_per_epoch=1000, total_steps=2000)
     assert unstretched.warmup_steps == 250  # exactly warmup_epochs x steps_per_epoch
+
+
+def test_warmup_stable_decay() -> None:
+    params = TrainParams(epochs=2, warmup_epochs=0.25, lr=1e-3, start_lr=1e-4, final_lr=1e-6, lr_schedule="wsd",
+                         lr_decay_fraction=0.25)  # fmt: skip
+    sch = Schedules.from_params(params, steps_per_epoch=50, total_steps=100)
+    assert sch.warmup_steps == 12 and sch.decay_start == 75
+    lrs = [sch.at(s).lr for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[12] == pytest.approx(1e-3)
+    assert all(v == pytest.approx(1e-3) for v in lrs[12:76])  # stable until the decay starts
+    assert lrs[99] == pytest.approx(1e-6) and lrs[76:] == sorted(lrs[76:], reverse=True)
+    cosine = Schedules.from_params(TrainParams(epochs=2, lr=1e-3, start_lr=1e-4), 50, 100)
+    assert cosine.decay_start is None and cosine.at(50).lr < 1e-3 * 0.9  # the default decays from the warmup on

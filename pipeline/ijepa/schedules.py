@@ -1,6 +1,8 @@
 """Per-step optimisation schedules of I-JEPA pretraining (DESIGN.md §4).
 
-Owns the learning rate (linear warmup `start_lr → lr`, then cosine `lr → final_lr`), the weight
+Owns the learning rate (linear warmup `start_lr → lr`, then cosine `lr → final_lr`; or with
+`lr_schedule: wsd` warmup, a constant `lr`, and a cosine `lr → final_lr` over the last
+`lr_decay_fraction` of the run: warmup-stable-decay), the weight
 decay (cosine `wd[0] → wd[1]`, i.e. 0.04 → 0.4 *increasing*) and the EMA momentum (linear
 `ema[0] → ema[1]`). Everything is a pure function of `(step, total_steps)`: there is no scheduler
 state to checkpoint, so a resumed run recomputes exactly the same values.
@@ -33,13 +35,25 @@ def _cosine(a: float, b: float, t: float) -> float:
     return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, start_lr: float, lr: float, final_lr: float) -> float:
-    """Learning rate of update `step`: linear warmup over `warmup_steps`, then cosine to `final_lr`."""
+def lr_at(
+    step: int,
+    total_steps: int,
+    warmup_steps: int,
+    start_lr: float,
+    lr: float,
+    final_lr: float,
+    decay_start: int | None = None,
+) -> float:
+    """Learning rate of update `step`: linear warmup over `warmup_steps`, then cosine to `final_lr`;
+    with `decay_start`, constant `lr` until that step and the cosine only from there to the end."""
     last = total_steps - 1
     warmup_steps = min(warmup_steps, last)
     if step < warmup_steps:
         return start_lr + (lr - start_lr) * step / warmup_steps
-    return _cosine(lr, final_lr, _progress(step, warmup_steps, last))
+    begin = warmup_steps if decay_start is None else max(warmup_steps, min(decay_start, last))
+    if step < begin:
+        return lr
+    return _cosine(lr, final_lr, _progress(step, begin, last))
 
 
 def wd_at(step: int, total_steps: int, start_wd: float, final_wd: float) -> float:
@@ -77,6 +91,7 @@ class Schedules:
     final_lr: float
     wd: tuple[float, float]
     ema: tuple[float, float]
+    decay_start: int | None = None  # wsd: first step of the lr decay; None: cosine from the warmup on
 
     @classmethod
     def from_params(cls, params: TrainParams, steps_per_epoch: int, total_steps: int) -> Schedules:
@@ -95,13 +110,14 @@ class Schedules:
             final_lr=params.final_lr,
             wd=tuple(params.weight_decay),
             ema=tuple(params.ema),
+            decay_start=round(total_steps * (1 - params.lr_decay_fraction)) if params.lr_schedule == "wsd" else None,
         )
 
     def at(self, step: int) -> ScheduleValues:
         """Values for update `step` (0-based)."""
         n = self.total_steps
         return ScheduleValues(
-            lr=lr_at(step, n, self.warmup_steps, self.start_lr, self.lr, self.final_lr),
+            lr=lr_at(step, n, self.warmup_steps, self.start_lr, self.lr, self.final_lr, self.decay_start),
             wd=wd_at(step, n, *self.wd),
             momentum=momentum_at(step, n, *self.ema),
         )
