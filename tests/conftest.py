@@ -23,7 +23,15 @@ TINY: dict = {
     "data": {"val_size": 100, "shard_max_count": 150},
     "validate": {"expected_sizes": {"train": 500, "val": 100, "test": 200}, "size_tolerance": 0.05},
     "model": {"embed_dim": 32, "depth": 2, "num_heads": 2, "pred_embed_dim": 16, "pred_depth": 1, "pred_num_heads": 2},
-    "train": {"epochs": 1, "batch_size": 50, "num_workers": 0, "checkpoint_every": 5, "snapshots": 2, "log_every": 2},
+    "train": {
+        "epochs": 1,
+        "min_steps": None,
+        "batch_size": 50,
+        "num_workers": 0,
+        "checkpoint_every": 5,
+        "snapshots": 2,
+        "log_every": 2,
+    },
     "eval": {"batch_size": 100, "lowshot_k": [1, 5], "lowshot_seeds": 2, "knn_k": [5, 20], "c_grid": [0.1, 1.0]},
     "register": {"margin_metric": "lowshot.k5.mean", "min_effective_rank": None},  # tiny encoders: test_collapse_gate
 }

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from pipeline.config import ParamsError, TrainParams, parse_section
 from pipeline.ijepa.checkpoint import list_checkpoints, load_checkpoint
@@ -46,8 +47,9 @@ def test_bad_optimisation_params_are_refused_naming_the_field(train: dict, field
 def test_the_stage_refuses_a_negative_lr_before_training(tmp_path: Path) -> None:
     root = make_root(tmp_path / "r")
     write_params(root)
-    params = (root / "params.yaml").read_text().replace("lr: 0.001\n", "lr: -1\n", 1)
-    (root / "params.yaml").write_text(params)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["train"]["lr"] = -1
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
     stage = [sys.executable, "-m", "stages.pretrain"]
     proc = subprocess.run(stage, cwd=root, env=stage_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

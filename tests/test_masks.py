@@ -32,7 +32,7 @@ def test_shapes_sorted_and_equal_lengths_when_trimmed():
 
 
 def test_padding_keeps_every_context_patch_and_marks_the_pad():
-    c = _collator((7, 7), min_context=16)
+    c = _collator((7, 7), min_context=16, context_fill="pad")
     m = c.sample(64, step=3)
     assert m.context_valid is not None and m.context_valid.shape == m.context.shape
     lengths = m.context_lengths

@@ -102,7 +102,9 @@ def test_loss_target_definition_and_stats():
 
 
 def _padded_masks(batch: int = 6):
-    params = MaskParams(num_targets=2, target_scale=(0.1, 0.2), context_scale=(0.5, 1.0), min_context=2)
+    params = MaskParams(
+        num_targets=2, target_scale=(0.1, 0.2), context_scale=(0.5, 1.0), min_context=2, context_fill="pad"
+    )
     for step in range(50):
         m = MultiBlockMaskCollator(TINY.grid, params, seed=0).sample(batch, step)
         if m.context_valid is not None and not bool(m.context_valid.all()):

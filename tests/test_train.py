@@ -185,7 +185,7 @@ def test_changed_params_refuse_unfinished_and_restart_finished(root: Path) -> No
     run(root, stop_after=5)
     with pytest.raises(
         CheckpointError,
-        match=r"(?s)ckpt-step0000004\.pt.*train\.lr: checkpoint 0\.001, now 0\.002"
+        match=r"(?s)ckpt-step0000004\.pt.*train\.lr: checkpoint 0\.0003, now 0\.002"
         r".*train\.resume=false",
     ):
         run(root, lr=0.002)
