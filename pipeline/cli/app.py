@@ -118,8 +118,8 @@ def _artifact(name: str | None) -> str:
 
 def _registry_call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call a registry/lineage function; its expected errors become a one-line message and exit 1."""
-    from pipeline.registry_gto import RegistryError
-    from pipeline.registry_store import RecordError
+    from pipeline.registry.records import RecordError
+    from pipeline.registry.versions import RegistryError
 
     try:
         return fn(*args, **kwargs)
@@ -142,7 +142,7 @@ def registry_register(
     artifact: str = ARTIFACT_OPT,
 ) -> None:
     """Register the committed run as a new version of the encoder (a gto tag)."""
-    from pipeline.registry_gto import register_version
+    from pipeline.registry.versions import register_version
 
     rec = _registry_call(register_version, Path("."), _artifact(artifact), ref=ref, version=version, bump=bump,
                          message=message)  # fmt: skip
@@ -158,7 +158,7 @@ def registry_promote(
     artifact: str = ARTIFACT_OPT,
 ) -> None:
     """Assign a stage to a version; prod only when the version's entry says the quality gate passed."""
-    from pipeline.registry_gto import promote
+    from pipeline.registry.versions import promote
 
     rec = _registry_call(promote, Path("."), _artifact(artifact), stage, version=version, message=message)
     typer.echo(f"promoted {rec['version']} to {rec['stage']}: {rec['tag']}")
@@ -181,7 +181,7 @@ def _versions_table(rows: list[dict]) -> None:
 def registry_list(json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
                   artifact: str = ARTIFACT_OPT) -> None:  # fmt: skip
     """All versions with their stages, gate and headline metrics (from each version's entry)."""
-    from pipeline.registry_gto import versions
+    from pipeline.registry.versions import versions
 
     rows = _registry_call(versions, Path("."), _artifact(artifact))
     if json_out:
@@ -200,7 +200,7 @@ def registry_show(
     artifact: str = ARTIFACT_OPT,
 ) -> None:
     """Versions and stages (like `list`); with --version/--stage, one version's entry in detail."""
-    from pipeline.registry_gto import version_detail
+    from pipeline.registry.versions import version_detail
 
     if not version and not stage:
         registry_list(json_out=json_out, artifact=artifact)
@@ -224,7 +224,7 @@ def registry_get(
     artifact: str = ARTIFACT_OPT,
 ) -> None:
     """Print the path of a version's weights, materialised from DVC at its tag and sha256-verified."""
-    from pipeline.registry_gto import fetch_encoder
+    from pipeline.registry.versions import fetch_encoder
 
     typer.echo(str(_registry_call(fetch_encoder, Path("."), _artifact(artifact), version=version, stage=stage,
                                   cache_dir=cache_dir)))  # fmt: skip
@@ -242,8 +242,8 @@ def lineage(
     shards → manifest → source dataset, from dvc.lock, registry/entry.json and git."""
     from rich.console import Console
 
-    from pipeline.lineage import build_lineage, render_tree, to_json
-    from pipeline.lineage import verify as verify_lineage
+    from pipeline.registry.lineage import build_lineage, render_tree, to_json
+    from pipeline.registry.lineage import verify as verify_lineage
 
     lin = _registry_call(build_lineage, Path("."), _artifact(artifact), version=version, stage=stage)
     checks = _registry_call(verify_lineage, lin) if verify else None
@@ -324,8 +324,8 @@ def publish_shards(
     typer.echo(f"published {len(done)} shards to {url}; read them with IJEPA_SHARD_URL={url}")
 
 
-# Orchestration (Prefect flows, deployments, Optuna sweep): pipeline/cli_orchestration.py, lazy imports.
-from pipeline.cli_orchestration import flow_app, sweep  # noqa: E402
+# Orchestration (Prefect flows, deployments, Optuna sweep): pipeline/cli/orchestration.py, lazy imports.
+from pipeline.cli.orchestration import flow_app, sweep  # noqa: E402
 
 app.add_typer(flow_app, name="flow")
 app.command("sweep")(sweep)

@@ -1,6 +1,6 @@
 """`ijepa flow run|serve|deploy|stages` and `ijepa sweep`: the Prefect/Optuna commands of the console script.
 
-Registered on the main app by pipeline/cli.py. Prefect, Optuna and the flows are imported inside the
+Registered on the main app by pipeline/cli/app.py. Prefect, Optuna and the flows are imported inside the
 command functions only, after flows/_env.py has set the Prefect environment, so other commands never
 load them.
 """

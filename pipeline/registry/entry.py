@@ -9,7 +9,7 @@ there (the last model that passed; both git-tracked, `cache: false` and `persist
 DVC does not delete them before the stage runs either) stay as they were, and since the stage failed
 DVC does not record it in dvc.lock. They describe their own encoder by sha256, so they can never pass
 for the new one (`ijepa registry register` and `ijepa lineage --verify` compare the hashes).
-Versions and stages of the registered encoder live in pipeline/registry_gto.py (gto tags); every
+Versions and stages of the registered encoder live in pipeline/registry/versions.py (gto tags); every
 registered version stays readable from its tag whatever the workspace holds.
 """
 
@@ -24,8 +24,8 @@ from typing import Any
 from pipeline.atomic import write_text_atomic
 from pipeline.config import RegisterParams
 from pipeline.figures import card_figures
-from pipeline.registry_card import model_card
-from pipeline.registry_store import (
+from pipeline.registry.card import model_card
+from pipeline.registry.records import (
     View,
     hash_path,
     head_commit,
