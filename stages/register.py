@@ -13,7 +13,8 @@ import sys
 
 from pipeline.atomic import NoSpaceError
 from pipeline.config import ParamsError, RegisterParams, load_section
-from pipeline.registry.entry import GateFailed, RegistryInputError, register_model
+from pipeline.registry.entry import RegistryInputError, register_model
+from pipeline.registry.gate import GateFailed
 from pipeline.registry.records import RecordError
 
 

@@ -16,7 +16,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 import pipeline
 from pipeline.config import RegisterParams
-from pipeline.registry.entry import evaluate_gate
+from pipeline.registry.gate import evaluate_gate
 from pipeline.registry.records import load_yaml, lock_outs
 from tests.conftest import dvc, run, set_params
 from tests.registry_helpers import ARTIFACT, ijepa, project_copy, read_json, sha256
@@ -73,7 +73,8 @@ def test_gate_refuses_a_collapsed_encoder_naming_the_effective_rank() -> None:
 def test_a_failed_register_writes_nothing_and_deletes_nothing(tmp_path: Path) -> None:
     from pipeline.config import ModelParams
     from pipeline.ijepa.export import encoder_meta, random_encoder, save_encoder
-    from pipeline.registry.entry import GateFailed, RegistryInputError, register_model
+    from pipeline.registry.entry import RegistryInputError, register_model
+    from pipeline.registry.gate import GateFailed
 
     registry = tmp_path / "registry"
     registry.mkdir()
@@ -193,7 +194,7 @@ def test_gate_failure_writes_nothing_and_prod_needs_a_passed_gate(project: Path)
     if not run(["git", "tag", "-l", f"{ARTIFACT}@v0.1.0"], project).stdout.strip():  # when run on its own
         ijepa(project, "registry", "register")
     registry = {name: (project / "registry" / name).read_bytes() for name in ("entry.json", "model_card.md")}
-    lock = (project / "dvc.lock").read_text()
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["register"]
     set_params(project, {"register": {"min_linear_top1": 0.999, "min_margin_over_random": 0.5, "enforce_gate": True}})
     failed = dvc(project, "repro", "register", check=False)
     assert failed.returncode != 0
@@ -203,9 +204,11 @@ def test_gate_failure_writes_nothing_and_prod_needs_a_passed_gate(project: Path)
     assert "required >= 0.5000 (register.min_margin_over_random) [UNMET]" in out
     assert "register.min_margin_over_raw" not in out  # met thresholds are not reported as failures
     # nothing written, nothing deleted (DVC does not remove the persisted, uncached outs before the run), and
-    # the failed stage is not recorded: dvc.lock unchanged, `dvc status` still shows register as changed
+    # the failed stage is not recorded: its dvc.lock entry unchanged, `dvc status` still shows it as changed
+    # (the upstream `report` stage reads the thresholds too and rightly records the failed gate)
     assert {name: (project / "registry" / name).read_bytes() for name in registry} == registry
-    assert (project / "dvc.lock").read_text() == lock
+    assert yaml.safe_load((project / "dvc.lock").read_text())["stages"]["register"] == lock
+    assert read_json(project / "reports/headline.json")["gate"]["passed"] is False
     assert "register" in dvc(project, "status", "register").stdout
     assert run(["git", "status", "--porcelain", "registry"], project).stdout == ""
     # earlier versions stay readable through gto and the registry commands

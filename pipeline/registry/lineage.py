@@ -20,7 +20,8 @@ from typing import Any
 from rich.text import Text
 from rich.tree import Tree
 
-from pipeline.registry.records import View, dotted, hash_path, is_dirty, lock_outs, lock_params, source_files
+from pipeline.registry.records import View, dotted, hash_path, is_dirty, lock_outs, lock_params
+from pipeline.registry.source import source_digest, source_files
 
 ENTRY = "registry/entry.json"
 SHARD_REPORT = "reports/shard.json"
@@ -212,8 +213,6 @@ def _source_checks(src: dict | None) -> list[Check]:
         return [Check(subject, "skipped", ["source root not present on this machine"])]
     files = src.get("files")
     if files is None:  # too many files to list: compare the digest over all of them
-        from pipeline.registry.records import source_digest
-
         now = {p.relative_to(root).as_posix(): hash_path(p).sha256 for p in source_files(src["name"], root)}
         ok = source_digest(now) == src.get("digest")
         return [Check(subject, "ok" if ok else "mismatch", [] if ok else ["source digest differs from the entry"])]
