@@ -23,6 +23,6 @@ def load_encoder(path_or_version: str | Path, repo: str | Path = ".") -> VisionT
 
     if Path(path_or_version).exists():
         return export.load_encoder(path_or_version)
-    from pipeline.registry_gto import load_registered
+    from pipeline.registry.versions import load_registered
 
     return load_registered(str(path_or_version), repo=repo)

@@ -241,7 +241,7 @@ class EvalParams(_Section):
 
 
 class RegisterParams(_Section):
-    """`register`: the quality gate and the artifact's identity (pipeline/registry.py).
+    """`register`: the quality gate and the artifact's identity (pipeline/registry/gate.py).
 
     The gate compares `metric` (a key of reports/eval_linear.json, a fraction in [0, 1]) with
     `min_linear_top1`, and the margin of `margin_metric` (a key of eval_linear.json or

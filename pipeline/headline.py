@@ -8,7 +8,7 @@ DVC shows the columns as `encoder.linear`, `random.linear`, `raw.linear`, ...:
     random.{linear, knn<k>, shot<k>, pct<p>, rank}            the random-init encoder (same architecture)
     raw.{linear, knn<k>, shot<k>, pct<p>, rank}               raw pixels
     pretrain.{loss, wall_s, images_per_s}                     reports/pretrain.json
-    gate.passed                                               the registry's quality gate (pipeline/registry.py)
+    gate.passed                                               the registry's quality gate (pipeline/registry/gate.py)
 
 `linear` = linear-probe test top-1, `knn<k>` = weighted kNN test top-1, `shot<k>` = k labels per class
 (mean over seeds), `pct<p>` = p % of the labels (mean), all fractions in [0, 1]; `rank` = effective rank
@@ -120,7 +120,7 @@ def read_report(root: Path, rel: Path) -> dict[str, Any]:
 def headline_from_reports(root: Path | str, params: RegisterParams) -> dict[str, Any]:
     """The headline of the workspace under `root`; `gate.passed` is the registry gate's verdict with
     `params` (the same `evaluate_gate` the register stage runs)."""
-    from pipeline.registry import evaluate_gate
+    from pipeline.registry.gate import evaluate_gate
 
     reports = {name: read_report(Path(root), rel) for name, rel in REPORTS.items()}
     linear, lowshot = reports["eval_linear"], reports["eval_lowshot"]

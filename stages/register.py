@@ -13,8 +13,9 @@ import sys
 
 from pipeline.atomic import NoSpaceError
 from pipeline.config import ParamsError, RegisterParams, load_section
-from pipeline.registry import GateFailed, RegistryInputError, register_model
-from pipeline.registry_store import RecordError
+from pipeline.registry.entry import RegistryInputError, register_model
+from pipeline.registry.gate import GateFailed
+from pipeline.registry.records import RecordError
 
 
 def main(params_path: str = "params.yaml") -> int:

@@ -1,8 +1,8 @@
-"""The model card's figures and loading snippets (pipeline/registry_card.py), on a minimal entry."""
+"""The model card's figures and loading snippets (pipeline/registry/card.py), on a minimal entry."""
 
 from __future__ import annotations
 
-from pipeline.registry_card import model_card
+from pipeline.registry.card import model_card
 
 KW = {"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 4.0}
 

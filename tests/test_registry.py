@@ -16,8 +16,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 import pipeline
 from pipeline.config import RegisterParams
-from pipeline.registry import evaluate_gate
-from pipeline.registry_store import load_yaml, lock_outs
+from pipeline.registry.gate import evaluate_gate
+from pipeline.registry.records import load_yaml, lock_outs
 from tests.conftest import dvc, run, set_params
 from tests.registry_helpers import ARTIFACT, ijepa, project_copy, read_json, sha256
 
@@ -73,7 +73,8 @@ def test_gate_refuses_a_collapsed_encoder_naming_the_effective_rank() -> None:
 def test_a_failed_register_writes_nothing_and_deletes_nothing(tmp_path: Path) -> None:
     from pipeline.config import ModelParams
     from pipeline.ijepa.export import encoder_meta, random_encoder, save_encoder
-    from pipeline.registry import GateFailed, RegistryInputError, register_model
+    from pipeline.registry.entry import RegistryInputError, register_model
+    from pipeline.registry.gate import GateFailed
 
     registry = tmp_path / "registry"
     registry.mkdir()

@@ -4,7 +4,7 @@ Shared by the `register` stage, the gto registry wrapper and the lineage audit. 
 git-tracked files (dvc.lock, params.yaml, reports, registry/entry.json) and hashes DVC-tracked data,
 either from the working tree (`rev=None`) or at a commit (git-tracked text via `git show`, DVC data
 through `dvc.fs.DVCFileSystem` at that revision, i.e. from the DVC cache or a remote).
-Also owns the dvc.lock readers and the source-dataset identity (hashes of the files outside the repo).
+Also owns the file hashes, the git calls and the dvc.lock readers.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hashlib
 import json
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -218,47 +218,3 @@ class View:
         if self._cache_repo is not None:
             self._cache_repo.close()
             self._cache_repo = None
-
-
-# --- the source dataset (outside the repository) -------------------------------------------------------
-FASHION_MNIST_NAMES = (
-    "train-images-idx3-ubyte.gz",
-    "train-labels-idx1-ubyte.gz",
-    "t10k-images-idx3-ubyte.gz",
-    "t10k-labels-idx1-ubyte.gz",
-)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-LIST_FILES_MAX = 200
-
-
-def source_files(source: str, root: Path) -> Iterator[Path]:
-    """The files a source reads: the 4 idx gz files (fashion-mnist) or every image under root."""
-    if source == "fashion-mnist":
-        yield from (root / n for n in FASHION_MNIST_NAMES if (root / n).is_file())
-    else:
-        yield from sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def source_identity(source: str, root: str, max_bytes: int) -> dict[str, Any]:
-    """Identity of the source dataset: file count, bytes and a digest over (relpath, sha256) lines.
-    Per-file hashes are listed up to LIST_FILES_MAX files; nothing is hashed above `max_bytes`."""
-    base = Path(root)
-    out: dict[str, Any] = {"name": source, "root": root, "hashed": False}
-    if not base.is_dir():
-        return {**out, "reason": "root not found"}
-    files = list(source_files(source, base))
-    total = sum(p.stat().st_size for p in files)
-    out.update({"file_count": len(files), "bytes": total})
-    if total > max_bytes:
-        return {**out, "reason": f"{total} bytes > register.source_hash_max_bytes {max_bytes}"}
-    hashes = {p.relative_to(base).as_posix(): hash_path(p).sha256 for p in files}
-    out["digest"] = source_digest(hashes)
-    out["hashed"] = True
-    if len(hashes) <= LIST_FILES_MAX:
-        out["files"] = hashes
-    return out
-
-
-def source_digest(hashes: dict[str, str]) -> str:
-    text = "".join(f"{rel}\t{sha}\n" for rel, sha in sorted(hashes.items()))
-    return hashlib.sha256(text.encode()).hexdigest()

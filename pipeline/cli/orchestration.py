@@ -1,6 +1,6 @@
 """`ijepa flow run|serve|deploy|stages` and `ijepa sweep`: the Prefect/Optuna commands of the console script.
 
-Registered on the main app by pipeline/cli.py. Prefect, Optuna and the flows are imported inside the
+Registered on the main app by pipeline/cli/app.py. Prefect, Optuna and the flows are imported inside the
 command functions only, after flows/_env.py has set the Prefect environment, so other commands never
 load them.
 """
@@ -11,13 +11,10 @@ from pathlib import Path
 
 import typer
 
+from pipeline.cli.errors import fail
+
 flow_app = typer.Typer(help="Run the DVC pipeline as a Prefect flow, or serve or deploy its deployments.",
                        no_args_is_help=True)  # fmt: skip
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(1)
 
 
 def _prepare(project: Path) -> Path:
@@ -30,7 +27,7 @@ def _prepare(project: Path) -> Path:
         root = find_root(project)
         params = load_section("flow", root / "params.yaml", FlowParams)
     except (FileNotFoundError, ParamsError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     _env.configure(params.api_url)
     return root
 
@@ -48,7 +45,7 @@ def flow_stages(project: Path = typer.Option(Path("."), help="DVC project root (
         for name in topological_order(session.stages(), target):
             typer.echo(name)
     except DagError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     finally:
         session.close()
 
@@ -73,7 +70,7 @@ def flow_run(
         summary = ijepa_pipeline(project=str(root), target=target, force=force, overrides=set_param or None,
                                  exp_name=name)  # fmt: skip
     except (StageFailed, LockTimeout, DagError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for stage in summary["stages"]:
         typer.echo(f"{stage['stage']:<16} {stage['status']:<9} {stage['seconds']:8.1f} s")
     if summary["revision"].get("experiment"):
@@ -93,7 +90,7 @@ def flow_serve(
     try:
         serve(root, load_section("flow", root / "params.yaml", FlowParams), limit=limit)
     except NoServerError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 @flow_app.command("deploy")
@@ -112,7 +109,7 @@ def flow_deploy(
     try:
         ids = deploy(root, params, pool, queue)
     except NoServerError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for name, ident in ids.items():
         typer.echo(f"{name:<32} {ident}  (pool {pool or params.work_pool})")
     typer.echo(f"start a worker: prefect worker start --pool {pool or params.work_pool}")
@@ -141,13 +138,13 @@ def sweep(
         summary = ijepa_sweep(project=str(root), n_trials=n_trials, study=study, storage=storage, seed=seed,
                               apply=apply)  # fmt: skip
     except (StageFailed, LockTimeout, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     for t in summary["trials"]:
         value = "" if t["value"] is None else f"{t['value']:.4f}"
         typer.echo(f"trial {t['number']:<4} {t['state']:<9} {value:>8}  {t['exp_name']}")
     best = summary["best"]
     if best is None:
-        raise _fail("no trial finished")
+        raise fail("no trial finished")
     applied = " [applied]" if summary.get("applied") else ""
     typer.echo(f"best: trial {best['number']} = experiment {best['exp_name']} "
                f"({summary['objective']} = {best['value']:.4f}){applied}")  # fmt: skip

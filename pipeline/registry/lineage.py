@@ -20,7 +20,8 @@ from typing import Any
 from rich.text import Text
 from rich.tree import Tree
 
-from pipeline.registry_store import View, dotted, hash_path, is_dirty, lock_outs, lock_params, source_files
+from pipeline.registry.records import View, dotted, hash_path, is_dirty, lock_outs, lock_params
+from pipeline.registry.source import source_digest, source_files
 
 ENTRY = "registry/entry.json"
 SHARD_REPORT = "reports/shard.json"
@@ -70,7 +71,7 @@ def build_lineage(
     root: Path | str, artifact: str | None = None, version: str | None = None, stage: str | None = None
 ) -> dict[str, Any]:
     """The chain for the workspace (no version/stage) or for a registered version or stage."""
-    from pipeline.registry_gto import RegistryError, resolve, versions
+    from pipeline.registry.versions import RegistryError, resolve, versions
 
     root = Path(root).resolve()
     known: list[dict] = []
@@ -212,8 +213,6 @@ def _source_checks(src: dict | None) -> list[Check]:
         return [Check(subject, "skipped", ["source root not present on this machine"])]
     files = src.get("files")
     if files is None:  # too many files to list: compare the digest over all of them
-        from pipeline.registry_store import source_digest
-
         now = {p.relative_to(root).as_posix(): hash_path(p).sha256 for p in source_files(src["name"], root)}
         ok = source_digest(now) == src.get("digest")
         return [Check(subject, "ok" if ok else "mismatch", [] if ok else ["source digest differs from the entry"])]

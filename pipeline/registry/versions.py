@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipeline.registry_store import RecordError, View, hash_stream, head_commit, is_dirty, lock_outs, rev_parse
+from pipeline.registry.records import RecordError, View, hash_stream, head_commit, is_dirty, lock_outs, rev_parse
 
 STAGES = ("dev", "staging", "prod")
 ENTRY = "registry/entry.json"
