@@ -93,7 +93,7 @@ def test_a_failed_dvc_shard_run_leaves_no_staging_behind(tiny_project: Path, tmp
 
 
 def test_an_interrupted_shard_run_leaves_no_staging_behind(tiny_project: Path, fake_fmnist: Path) -> None:
-    set_params(tiny_project, {"data": {"shard_max_count": 20}})
+    set_params(tiny_project, {"data": {"shard_max_count": 4}})  # many small tars: time to interrupt
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "stages.shard"], cwd=tiny_project, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
