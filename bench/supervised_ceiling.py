@@ -30,7 +30,8 @@ from pipeline.config import EvalParams, ModelParams, TrainParams
 from pipeline.data.loader import train_loader
 from pipeline.ijepa.augment import BatchTransform, train_transform
 from pipeline.ijepa.export import encoder_meta, save_encoder
-from pipeline.ijepa.model import VisionTransformerEncoder, tune_cpu_allocator
+from pipeline.ijepa.layers import tune_cpu_allocator
+from pipeline.ijepa.model import VisionTransformerEncoder
 from pipeline.ijepa.run_inputs import count_samples, read_normalization
 from pipeline.ijepa.schedules import Schedules, lr_at, run_length
 

@@ -43,7 +43,7 @@ from train_step_runners import (  # noqa: E402
 )
 
 from pipeline.config import load_section  # noqa: E402
-from pipeline.ijepa.model import tune_cpu_allocator  # noqa: E402
+from pipeline.ijepa.layers import tune_cpu_allocator  # noqa: E402
 from pipeline.ijepa.precision import cpu_has_native_bf16  # noqa: E402
 
 CONFIGS = ("default", "vit-tiny")

@@ -27,7 +27,8 @@ from torch import nn
 
 from pipeline.config import MaskParams, ModelParams, TrainParams, load_section
 from pipeline.ijepa.masks import MultiBlockMaskCollator
-from pipeline.ijepa.model import IJEPA, jepa_loss, masked_mean, variance_covariance
+from pipeline.ijepa.model import IJEPA
+from pipeline.ijepa.objective import jepa_loss, masked_mean, variance_covariance
 from pipeline.ijepa.precision import autocast
 
 PARTS = ("masks", "target_fwd", "context_fwd", "predictor_loss", "backward", "optimizer", "ema")

@@ -20,8 +20,9 @@ from pipeline.ijepa.export import (
     read_meta,
     save_encoder,
 )
+from pipeline.ijepa.layers import gather_tokens
 from pipeline.ijepa.masks import MultiBlockMaskCollator
-from pipeline.ijepa.model import IJEPA, Predictor, VisionTransformerEncoder, gather_tokens
+from pipeline.ijepa.model import IJEPA, Predictor, VisionTransformerEncoder
 
 TINY = ModelParams(
     img_size=16,
@@ -310,7 +311,7 @@ def test_batch_target_norm_removes_what_every_image_shares():
 
 
 def test_whitened_targets_have_unit_variance_in_every_direction():
-    from pipeline.ijepa.model import batch_whiten
+    from pipeline.ijepa.objective import batch_whiten
 
     model = IJEPA(TINY)
     x = torch.randn(64, 1, 16, 16)

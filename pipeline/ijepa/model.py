@@ -4,13 +4,13 @@ computes the loss, the EMA update of the target encoder and the optimiser parame
 Built from timm parts (PatchEmbed, vision_transformer.Block with fused scaled_dot_product_attention),
 so the encoder's state dict loads with `strict=True` into
 `timm.models.VisionTransformer(**encoder.timm_kwargs())`. Position embeddings are fixed 2-D sin-cos.
+Building blocks: pipeline/ijepa/layers.py; the loss, target normalisations and VICReg terms:
+pipeline/ijepa/objective.py.
 """
 
 from __future__ import annotations
 
 import copy
-import ctypes
-import ctypes.util
 import math
 from typing import Any
 
@@ -22,87 +22,18 @@ from torch import nn
 
 from pipeline.collapse import effective_rank
 from pipeline.config import ModelParams
+from pipeline.ijepa.layers import (
+    INIT_STD,
+    block_stack,
+    gather_tokens,
+    init_weights,
+    key_padding_mask,
+    rescale_blocks,
+    run_blocks,
+    sincos_pos_embed,
+)
 from pipeline.ijepa.masks import Masks
-
-INIT_STD = 0.02
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep freed activation memory inside the process (glibc `mallopt`), so the multi-MB activations
-    of every step reuse warm pages instead of being unmapped and page-faulted back in (about 20 % faster
-    CPU training steps here; same math). Process-wide; call once at the start of CPU training.
-    Returns False (and changes nothing) where glibc is not available."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
-    except (OSError, AttributeError):
-        return False
-
-
-def sincos_pos_embed(embed_dim: int, grid: tuple[int, int]) -> torch.Tensor:
-    """Fixed 2-D sin-cos embeddings [1, H*W, D], row-major; first half encodes the column, second the
-    row (the MAE / I-JEPA layout)."""
-    if embed_dim % 4:
-        raise ValueError(f"sin-cos position embedding needs embed_dim divisible by 4, got {embed_dim}")
-    h, w = grid
-    omega = 1.0 / 10000 ** (torch.arange(embed_dim // 4, dtype=torch.float64) / (embed_dim // 4))
-
-    def one_d(pos: torch.Tensor) -> torch.Tensor:
-        out = pos.flatten()[:, None] * omega[None, :]
-        return torch.cat([out.sin(), out.cos()], dim=1)
-
-    rows, cols = torch.meshgrid(
-        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
-    )
-    return torch.cat([one_d(cols), one_d(rows)], dim=1).float().unsqueeze(0)
-
-
-def init_weights(module: nn.Module) -> None:
-    """I-JEPA init: trunc-normal(0.02) linear/conv weights, zero biases, unit LayerNorms."""
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            trunc_normal_(m.weight, std=INIT_STD)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
-def rescale_blocks(blocks: nn.Sequential) -> None:
-    """Divide each block's residual-output weights by sqrt(2 * layer_id) (original I-JEPA / timm fix_init)."""
-    with torch.no_grad():
-        for layer_id, blk in enumerate(blocks, start=1):
-            blk.attn.proj.weight.div_(math.sqrt(2.0 * layer_id))
-            blk.mlp.fc2.weight.div_(math.sqrt(2.0 * layer_id))
-
-
-def _blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> nn.Sequential:
-    return nn.Sequential(*[Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm) for _ in range(depth)])
-
-
-def key_padding_mask(valid: torch.Tensor | None) -> torch.Tensor | None:
-    """Boolean attention mask [B, 1, 1, N] (True = may be attended to) from a [B, N] validity mask, in
-    the form timm blocks and scaled_dot_product_attention take in any dtype. None stays None."""
-    return None if valid is None else valid[:, None, None, :]
-
-
-def run_blocks(blocks: nn.Sequential, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """timm blocks in order, with an optional boolean attention mask."""
-    if mask is None:
-        return blocks(x)
-    for blk in blocks:
-        x = blk(x, attn_mask=mask)
-    return x
-
-
-def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x [B, N, D], idx [B, ...] -> [B, ..., D] (tokens picked per image)."""
-    b, d = x.shape[0], x.shape[-1]
-    flat = idx.reshape(b, -1)
-    out = torch.gather(x, 1, flat.unsqueeze(-1).expand(-1, -1, d))
-    return out.reshape(*idx.shape, d)
+from pipeline.ijepa.objective import batch_standardize, batch_whiten, jepa_loss, masked_mean, variance_covariance
 
 
 class VisionTransformerEncoder(nn.Module):
@@ -143,7 +74,7 @@ class VisionTransformerEncoder(nn.Module):
         self.grid = tuple(self.patch_embed.grid_size)
         self.num_patches = self.patch_embed.num_patches
         self.pos_embed = nn.Parameter(pos_scale * sincos_pos_embed(embed_dim, self.grid), requires_grad=False)
-        self.blocks = _blocks(embed_dim, depth, num_heads, mlp_ratio)
+        self.blocks = block_stack(embed_dim, depth, num_heads, mlp_ratio)
         self.norm = LayerNorm(embed_dim)
         init_weights(self)
         rescale_blocks(self.blocks)
@@ -210,7 +141,7 @@ class Predictor(nn.Module):
         self.predictor_embed = nn.Linear(embed_dim, pred_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, pred_embed_dim))
         self.predictor_pos_embed = nn.Parameter(sincos_pos_embed(pred_embed_dim, grid), requires_grad=False)
-        self.predictor_blocks = _blocks(pred_embed_dim, depth, num_heads, mlp_ratio)
+        self.predictor_blocks = block_stack(pred_embed_dim, depth, num_heads, mlp_ratio)
         self.predictor_norm = LayerNorm(pred_embed_dim)
         self.predictor_proj = nn.Linear(pred_embed_dim, embed_dim)
         init_weights(self)
@@ -288,70 +219,6 @@ def _last_block_tail(blk: Block, x: torch.Tensor, start: int, mask: torch.Tensor
     o = attn.proj(o.transpose(1, 2).reshape(b, n - start, a))
     y = x[:, start:] + blk.drop_path1(o)
     return y + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(y))))
-
-
-def jepa_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "smooth_l1") -> torch.Tensor:
-    """Mean smooth-L1 (original code) or mean squared error (paper) over all target patches and blocks."""
-    if kind == "smooth_l1":
-        return F.smooth_l1_loss(pred, target)
-    if kind == "l2":
-        return F.mse_loss(pred, target)
-    raise ValueError(f"unknown loss {kind!r}: expected 'smooth_l1' or 'l2'")
-
-
-def batch_standardize(t: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Zero mean, unit std of every (position, dimension) of [B, N, D] across the batch, in fp32.
-
-    What every image shares at a position (its position signature, a constant) is removed from the
-    target, so it can only be predicted from image content; every dimension weighs the same, so no
-    single direction can carry the loss (a remedy for the dimensional collapse the layer-normed
-    targets allow: there the predictor can score ~99 % from positions alone)."""
-    x = t.float()
-    mean = x.mean(0, keepdim=True)
-    std = x.var(0, keepdim=True, unbiased=False).add(eps).sqrt()
-    return ((x - mean) / std).to(t.dtype)
-
-
-def batch_whiten(t: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """[B, N, D] centred per position across the batch, then ZCA-whitened with the covariance of all
-    B*N centred tokens (eigenvalues floored at `eps` x their mean), in fp64 for the decomposition.
-
-    Per-dimension standardisation leaves correlated dimensions correlated: a target whose variance
-    lies in one direction (on Fashion-MNIST: the amount of ink) stays one-dimensional. Whitened
-    targets have unit variance in every direction (W-MSE, Ermolov et al. 2021), so no direction can
-    carry the loss alone and the predictor has to predict all of them."""
-    x = t.double()
-    x = x - x.mean(0, keepdim=True)
-    flat = x.reshape(-1, x.shape[-1])
-    cov = flat.T @ flat / max(flat.shape[0] - 1, 1)
-    lam, vec = torch.linalg.eigh(cov)
-    lam = lam.clamp_min(eps * lam.mean().clamp_min(1e-12))
-    w = vec @ torch.diag(lam.rsqrt()) @ vec.T
-    return (x @ w).to(t.dtype)
-
-
-def masked_mean(z: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the real tokens of [B, N, D] (`valid` [B, N] bool; None = all) -> [B, D]."""
-    if valid is None:
-        return z.mean(1)
-    w = valid.to(z.dtype).unsqueeze(-1)
-    return (z * w).sum(1) / w.sum(1).clamp_min(1.0)
-
-
-def variance_covariance(
-    feats: torch.Tensor, target_std: float = 1.0, eps: float = 1e-4
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """VICReg's anti-collapse terms on [B, D] features (Bardes et al. 2022; added to I-JEPA by C-JEPA,
-    Mo & Tong 2024): mean hinge `relu(target_std - std_d)` over dimensions, and the sum of squared
-    off-diagonal covariances divided by D. Computed in fp32."""
-    x = feats.float()
-    x = x - x.mean(0)
-    std = torch.sqrt(x.var(0) + eps)
-    var = F.relu(target_std - std).mean()
-    n, d = x.shape
-    cov = (x.T @ x) / max(n - 1, 1)
-    off = cov - torch.diag(torch.diagonal(cov))
-    return var, (off * off).sum() / d
 
 
 class IJEPA(nn.Module):

@@ -29,9 +29,10 @@ from pipeline.ijepa.augment import BatchTransform, train_transform
 from pipeline.ijepa.distributed import Dist, init_distributed, local_masks, resolve_device
 from pipeline.ijepa.export import encoder_meta, save_encoder
 from pipeline.ijepa.guard import LossGuard
+from pipeline.ijepa.layers import tune_cpu_allocator
 from pipeline.ijepa.logging import Meter, RunLogger, peak_memory_mb
 from pipeline.ijepa.masks import MultiBlockMaskCollator
-from pipeline.ijepa.model import IJEPA, tune_cpu_allocator
+from pipeline.ijepa.model import IJEPA
 from pipeline.ijepa.paths import RunPaths
 from pipeline.ijepa.precision import autocast, resolve_precision
 from pipeline.ijepa.run_inputs import checked_inputs, run_identity
