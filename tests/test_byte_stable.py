@@ -50,6 +50,8 @@ def read(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.probe("validate-timings")
+@pytest.mark.probe("byte-stable")
 def test_shard_and_validate_outputs_are_byte_identical_and_timings_apart(
     tmp_path: Path, fake_fmnist: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -75,6 +77,8 @@ def test_shard_and_validate_outputs_are_byte_identical_and_timings_apart(
     assert runs[0] == runs[1]
 
 
+@pytest.mark.probe("byte-stable")
+@pytest.mark.probe("kill-resume")
 def test_pretrain_outputs_are_byte_identical_for_fresh_and_resumed_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -98,6 +102,7 @@ def test_pretrain_outputs_are_byte_identical_for_fresh_and_resumed_runs(
     assert timing["wall_s"] > 0 and timing["images_per_s"] > 0 and timing["timed_from_step"] == 0
 
 
+@pytest.mark.probe("byte-stable")
 def test_register_entry_and_card_are_byte_identical(tmp_path: Path) -> None:
     from pipeline.ijepa.export import encoder_meta, random_encoder, save_encoder
     from pipeline.registry.entry import register_model

@@ -69,6 +69,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.mark.probe("byte-stable")
 def test_eval_stages_end_to_end(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project)
     assert eval_linear.main() == 1  # no features yet: a clear error, not a traceback
@@ -119,6 +120,7 @@ def _tree_digests(root: Path) -> dict[str, str]:
     return {str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
+@pytest.mark.probe("byte-stable")
 def test_reextraction_gives_a_byte_identical_cache(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Same inputs -> same data/features and report bytes (DVC then skips the eval stages); timings apart."""
     monkeypatch.chdir(project)

@@ -152,6 +152,7 @@ def test_run_writes_outputs(root: Path) -> None:
     assert timings["step"] == 12 and timings["wall_s"] > 0 and timings["attempts"] == 1
 
 
+@pytest.mark.probe("kill-resume")
 def test_kill_and_resume_is_bit_exact(tmp_path: Path) -> None:
     a, b = make_root(tmp_path / "a"), make_root(tmp_path / "b")
     run(a)
