@@ -96,14 +96,15 @@ def bench_stages(work: Path, n: int, image_size: int) -> tuple[dict, Path, Path]
     report = json.loads((d / "reports/shard.json").read_text())
     validate = measured([sys.executable, "-m", "stages.validate"], d)
     vreport = json.loads((d / "reports/validation.json").read_text())
+    vtiming = json.loads((d / "reports/timings/validation.json").read_text())
     row = {
         "images": report["count"]["total"], "source_bytes": src["bytes"], "shard_bytes": report["bytes"],
         "bytes_ratio": round(report["bytes"] / src["bytes"], 3), "kept": report["stored"]["kept"],
         "shard_wall_s": shard["wall_s"], "shard_images_per_s": round(report["count"]["total"] / shard["wall_s"], 1),
         "shard_peak_rss_mb": shard["peak_rss_mb"], "shard_peak_tree_rss_mb": shard["peak_tree_rss_mb"],
         "validate_rc": validate["rc"], "validate_success": vreport.get("success"),
-        "validate_wall_s": validate["wall_s"], "validate_s_per_10k": vreport.get("s_per_10k_images"),
-        "validate_read_s": (vreport.get("wall_s") or {}).get("read"),
+        "validate_wall_s": validate["wall_s"], "validate_s_per_10k": vtiming.get("s_per_10k_images"),
+        "validate_read_s": (vtiming.get("wall_s") or {}).get("read"),
         "validate_peak_rss_mb": validate["peak_rss_mb"], "validate_peak_tree_rss_mb": validate["peak_tree_rss_mb"],
     }  # fmt: skip
     return row, folder, d

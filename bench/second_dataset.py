@@ -116,6 +116,7 @@ def summary(project: Path) -> dict:
     linear = json.loads((project / "reports/eval_linear.json").read_text())
     lowshot = json.loads((project / "reports/eval_lowshot.json").read_text())
     pre = json.loads((project / "reports/pretrain.json").read_text())
+    pre.update(json.loads((project / "reports/timings/pretrain.json").read_text()))  # wall time, speed
     out: dict = {"pretrain": {k: pre.get(k) for k in ("steps", "epochs", "wall_s", "images_per_s", "final_loss")}}
     for name, prefix in (("encoder", ""), ("random_init", "baseline.random."), ("raw_pixels", "baseline.raw.")):
         out[name] = {

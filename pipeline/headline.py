@@ -1,13 +1,15 @@
 """The headline metrics (`reports/headline.json`): the ~20 numbers a person picks an experiment by.
 
-This is the only file declared as DVC `metrics`, so `dvc exp show` / `dvc exp diff` / `dvc metrics show`
-stay a screen wide; every other number stays in its stage report (plain outs). Layout, nested so that
-DVC shows the columns as `encoder.linear`, `random.linear`, `raw.linear`, ...:
+The only stage output declared as DVC `metrics` (the other is reports/timings/pretrain.json, the training
+time and speed: pipeline/timings.py), so `dvc exp show` / `dvc exp diff` / `dvc metrics show` stay a
+screen wide; every other number stays in its stage report (plain outs). Byte-identical for the same
+reports (no timings). Layout, nested so that DVC shows the columns as `encoder.linear`,
+`random.linear`, `raw.linear`, ...:
 
     encoder.{linear, knn<k>, shot<k>, pct<p>, rank, common}   the pretrained encoder
     random.{linear, knn<k>, shot<k>, pct<p>, rank}            the random-init encoder (same architecture)
     raw.{linear, knn<k>, shot<k>, pct<p>, rank}               raw pixels
-    pretrain.{loss, wall_s, images_per_s}                     reports/pretrain.json
+    pretrain.loss                                             reports/pretrain.json final_loss
     gate.passed                                               the registry's quality gate (pipeline/registry/gate.py)
 
 `linear` = linear-probe test top-1, `knn<k>` = weighted kNN test top-1, `shot<k>` = k labels per class
@@ -95,11 +97,8 @@ def headline(
             if value is not None:
                 values[short] = value
         out[group] = values
-    out["pretrain"] = {
-        name: value
-        for name, key in (("loss", "final_loss"), ("wall_s", "wall_s"), ("images_per_s", "images_per_s"))
-        if (value := _number(pretrain.get(key))) is not None
-    }
+    loss = _number(pretrain.get("final_loss"))
+    out["pretrain"] = {} if loss is None else {"loss": loss}
     out["gate"] = {"passed": gate_passed}
     return out
 

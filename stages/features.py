@@ -3,8 +3,8 @@
 Reads params `eval` (last_layers, batch_size, precision, device, max_train, snapshot_max_images,
 subset_seed, random_init_seed, crop_ratio), models/encoder.{safetensors,json}, models/snapshots/,
 data/shards and data/manifest.csv; writes data/features/ (layout: pipeline/eval/features.py), swapped in atomically,
-and reports/features.json (what was extracted, wall time, encoder images/s; a DVC metric kept out of
-the cache so a re-extraction with the same inputs leaves data/features byte-identical).
+reports/features.json (what was extracted) and reports/timings/features.json (wall time, encoder
+images/s), so a re-extraction with the same inputs leaves data/features and the report byte-identical.
 Input gate first (pipeline/data/integrity.py): refuses shards whose validation failed
 (reports/validation.json) or whose sha256 differs from reports/shard.json, naming the shard.
 """
@@ -18,6 +18,7 @@ from pipeline.atomic import NoSpaceError, write_json_atomic
 from pipeline.config import ParamsError, load_section
 from pipeline.data.integrity import require_validation_passed, verify_shards
 from pipeline.eval.features import build_cache
+from pipeline.timings import timings_path, write_timings
 
 ENCODER = Path("models/encoder.safetensors")
 SNAPSHOTS = Path("models/snapshots")
@@ -51,9 +52,10 @@ def main(params_path: str = "params.yaml") -> int:
             "snapshots": len(index["snapshots"]),
             "precision": index["precision"],
             "train_size": counts["train"],
-            **timing,
+            "encoder_images": timing["encoder_images"],
         },
     )
+    write_timings(timings_path(REPORT), {k: v for k, v in timing.items() if k != "encoder_images"})
     print(
         f"features: {len(index['sets'])} sets (encoder dim {index['sets']['encoder']['dim']}, "
         f"{len(index['snapshots'])} snapshots; train {counts['train']}, val {counts['val']}, test {counts['test']}) "

@@ -2,7 +2,8 @@
 
 Reads params `model`, `mask`, `train`. Writes models/encoder.safetensors + models/encoder.json,
 models/snapshots/ (+ index.json), models/checkpoints/ (full state, `persist: true`),
-reports/pretrain.json and reports/dvclive/ (metric curves).
+reports/pretrain.json and reports/dvclive/ (metric curves), all byte-identical for the same inputs, and
+reports/timings/pretrain.json (wall time, images/s, data wait, peak memory, resumes; not a DVC output).
 
 Resume: rerun the stage (`dvc repro pretrain`) after a crash or kill; it continues from the newest
 checkpoint in models/checkpoints/ (bit-exact on CPU). A checkpoint of an *unfinished* run under other

@@ -1,7 +1,7 @@
 """DVC stage `shard`: source dataset → data/shards/{train,val,test}/*.tar + data/manifest.csv.
 
-Reads params `data`; writes reports/shard.json (counts, shard hashes, bytes, stored formats, images/s,
-skips, removed duplicates).
+Reads params `data`; writes reports/shard.json (counts, shard hashes, bytes, stored formats, skips,
+removed duplicates) and reports/timings/shard.json (wall time, images/s).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Reads params `validate`; runs the great-expectations gate (pipeline/data/validation.py). The report
 (success, counts, per-check observed/expected/severity, train normalization) is written even when
-validation fails; a failed `error` check exits 1 with a summary on stderr, which stops `dvc repro`
-before `pretrain` (it depends on reports/validation.json).
+validation fails, its wall times to reports/timings/validation.json. The Data Docs are rebuilt on every
+run and are not a DVC output (GX stamps them with the render time and random element ids). A failed
+`error` check exits 1 with a summary on stderr, which stops `dvc repro` before `pretrain` (it depends
+on reports/validation.json).
 """
 
 from __future__ import annotations

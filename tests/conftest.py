@@ -127,3 +127,26 @@ def prefect_api(prefect_server) -> Iterator:  # noqa: ANN001
 
     with temporary_settings(updates={PREFECT_API_URL: prefect_server.api_url, PREFECT_HOME: prefect_server.home}):
         yield prefect_server
+
+
+PROBE_OUTCOMES: dict[str, list[str]] = {}  # fault probe -> outcomes of its marked tests (tests/test_faults.py)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Record the outcome of every test marked `@pytest.mark.probe(name)` (setup failures and skips too)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" or report.outcome != "passed":
+        for marker in item.iter_markers("probe"):
+            PROBE_OUTCOMES.setdefault(marker.args[0], []).append(report.outcome)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One verdict line per fault probe of issue 14, when any probe test ran."""
+    if PROBE_OUTCOMES:
+        from tests.test_faults import verdicts
+
+        terminalreporter.section("fault probes")
+        for line in verdicts(PROBE_OUTCOMES):
+            terminalreporter.write_line(line)

@@ -29,6 +29,7 @@ def shard(params: DataParams, out: Path) -> tuple:
     return dataset, write_shards(dataset, params, out / "shards", out / "manifest.csv", workers=2)
 
 
+@pytest.mark.probe("empty-class")
 def test_an_empty_class_dir_is_dropped_and_listed_with_skip(tmp_path: Path) -> None:
     root = fake_imagefolder(tmp_path / "imgs", classes=4, per_class=10)
     for p in (root / "class_2").iterdir():
@@ -46,6 +47,7 @@ def test_an_empty_class_dir_is_dropped_and_listed_with_skip(tmp_path: Path) -> N
     assert report["success"], report["failed"]  # label_range / class_balance hold on what was kept
 
 
+@pytest.mark.probe("empty-class")
 def test_an_empty_class_dir_fails_naming_it(tmp_path: Path) -> None:
     root = fake_imagefolder(tmp_path / "imgs", classes=3, per_class=10)
     (root / "class_9").mkdir()
@@ -54,6 +56,7 @@ def test_an_empty_class_dir_fails_naming_it(tmp_path: Path) -> None:
     assert not any((tmp_path / "out").rglob("*"))  # no shards, manifest or staging
 
 
+@pytest.mark.probe("corrupt-all")
 def test_on_corrupt_fail_lists_every_unusable_file(tmp_path: Path) -> None:
     root = fake_imagefolder(tmp_path / "imgs", classes=2, per_class=10)
     (root / "class_0/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))  # found when decoding
@@ -71,6 +74,7 @@ def test_on_corrupt_fail_lists_every_unusable_file(tmp_path: Path) -> None:
     assert not any((tmp_path / "out").rglob("*"))  # no shards, manifest or staging
 
 
+@pytest.mark.probe("corrupt-all")
 def test_on_corrupt_fail_stops_looking_at_the_cap(tmp_path: Path) -> None:
     root = fake_imagefolder(tmp_path / "imgs", classes=2, per_class=4)
     for i in range(MAX_REPORTED + 20):
@@ -81,6 +85,7 @@ def test_on_corrupt_fail_stops_looking_at_the_cap(tmp_path: Path) -> None:
     assert str(info.value).startswith(f"{MAX_REPORTED} unusable input file(s); stopped looking after {MAX_REPORTED}")
 
 
+@pytest.mark.probe("shard-staging")
 def test_a_failed_dvc_shard_run_leaves_no_staging_behind(tiny_project: Path, tmp_path: Path) -> None:
     root = fake_imagefolder(tmp_path / "imgs", classes=2, per_class=10)
     (root / "class_1/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(64))
@@ -92,6 +97,7 @@ def test_a_failed_dvc_shard_run_leaves_no_staging_behind(tiny_project: Path, tmp
     assert not (tiny_project / "data/shards.staging").exists() and not (tiny_project / "data/shards").exists()
 
 
+@pytest.mark.probe("shard-staging")
 def test_an_interrupted_shard_run_leaves_no_staging_behind(tiny_project: Path, fake_fmnist: Path) -> None:
     set_params(tiny_project, {"data": {"shard_max_count": 4}})  # many small tars: time to interrupt
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

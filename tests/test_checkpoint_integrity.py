@@ -30,6 +30,7 @@ def flip_middle_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.probe("checkpoint-bytes")
 def test_flipped_bytes_in_the_newest_checkpoint_are_refused_naming_it(tmp_path: Path) -> None:
     root = make_root(tmp_path / "run")
     assert run(root) is not None  # finished: 12 steps, checkpoints at 8 and 12
@@ -64,6 +65,7 @@ def test_moving_the_bad_checkpoint_away_resumes_from_the_previous_one(tmp_path: 
     assert_same_tensors(ref / "models/encoder.safetensors", root / "models/encoder.safetensors")
 
 
+@pytest.mark.probe("checkpoint-bytes")
 def test_a_checkpoint_without_its_digest_is_refused(tmp_path: Path) -> None:
     state = {"step": 3, "model": {"w": torch.ones(4)}}
     path = save_checkpoint(tmp_path / "ckpt", state)

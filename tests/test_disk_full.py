@@ -53,6 +53,7 @@ def small_models(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.probe("disk-full")
 def test_disk_full_while_checkpointing(small_models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = small_models
     monkeypatch.chdir(root)
@@ -71,6 +72,7 @@ def test_disk_full_while_checkpointing(small_models: Path, monkeypatch: pytest.M
     assert load_checkpoint(good)["step"] == 4  # still verifies
 
 
+@pytest.mark.probe("disk-full")
 def test_disk_full_while_exporting_through_the_stage(small_models: Path) -> None:
     root = small_models
     write_params(root)
@@ -89,6 +91,7 @@ def test_disk_full_while_exporting_through_the_stage(small_models: Path) -> None
     assert leftovers(root / "models") == []
 
 
+@pytest.mark.probe("disk-full")
 def test_no_space_is_recognised_in_what_torch_and_safetensors_raise(tmp_path: Path) -> None:
     class FullDisk:
         def write(self, data: bytes) -> int:

@@ -38,12 +38,14 @@ def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ({"grad_clip": 0}, "train.grad_clip"),
     ],
 )
+@pytest.mark.probe("bad-lr")
 def test_bad_optimisation_params_are_refused_naming_the_field(train: dict, field: str) -> None:
     with pytest.raises(ParamsError, match="invalid params") as info:
         parse_section("train", train)
     assert field in str(info.value)
 
 
+@pytest.mark.probe("bad-lr")
 def test_the_stage_refuses_a_negative_lr_before_training(tmp_path: Path) -> None:
     root = make_root(tmp_path / "r")
     write_params(root)
@@ -80,6 +82,7 @@ def test_guard_stops_on_a_non_finite_loss_and_on_an_explosion(tmp_path: Path) ->
         resumed.check(11, tmp_path)
 
 
+@pytest.mark.probe("bad-lr")
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     root = make_root(tmp_path / "r")
     # gradient ascent, as `train.lr: -1` did before params were validated (model_copy skips validation)

@@ -24,7 +24,7 @@ LINEAR = {
 }
 SHOT = {"lowshot.k1.mean": 0.3, "lowshot.k10.mean": 0.57, "lowshot.k10.std": 0.01, "lowshot.pct1.mean": 0.69}
 LOWSHOT = {**SHOT, **{f"baseline.{b}.{k}": v / 2 for b in ("random", "raw") for k, v in SHOT.items()}}
-PRETRAIN = {"final_loss": 0.0444740686, "wall_s": 313.57, "images_per_s": 350.24, "steps": 858, "device": "cpu"}
+PRETRAIN = {"final_loss": 0.0444740686, "steps": 858, "device": "cpu"}
 
 
 def test_headline_has_the_comparison_columns_and_nothing_else() -> None:
@@ -35,7 +35,7 @@ def test_headline_has_the_comparison_columns_and_nothing_else() -> None:
         "random.linear": 0.71, "random.knn10": 0.54, "random.shot10": 0.285, "random.pct1": 0.345,
         "random.rank": 7.15,
         "raw.linear": 0.83, "raw.knn10": 0.66, "raw.shot10": 0.285, "raw.pct1": 0.345, "raw.rank": 7.27,
-        "pretrain.loss": 0.0445, "pretrain.wall_s": 313.57, "pretrain.images_per_s": 350.24,
+        "pretrain.loss": 0.0445,
         "gate.passed": True,
     }  # fmt: skip
     assert len(cols) <= 30

@@ -68,6 +68,7 @@ def root(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.probe("cut-shard")
 def test_pretrain_refuses_data_that_failed_validation(root: Path) -> None:
     report = json.loads((root / "reports/validation.json").read_text())
     report.update(success=False, failed=["split_size.train", "class_balance.train"])
@@ -77,6 +78,7 @@ def test_pretrain_refuses_data_that_failed_validation(root: Path) -> None:
     assert "failed checks: split_size.train, class_balance.train" in message
 
 
+@pytest.mark.probe("cut-shard")
 def test_pretrain_refuses_a_shard_cut_at_a_member_boundary(root: Path) -> None:
     shard = root / "data/shards/train/train-000001.tar"
     cut_at_member_boundary(shard, keep_samples=10)
@@ -85,6 +87,7 @@ def test_pretrain_refuses_a_shard_cut_at_a_member_boundary(root: Path) -> None:
     assert f"{root}/data/shards/train/train-000001.tar: sha256" in message and "changed after it was written" in message
 
 
+@pytest.mark.probe("truncated-shard")
 def test_pretrain_names_a_truncated_shard_in_one_line(root: Path) -> None:
     truncate(root / "data/shards/train/train-000000.tar")
     assert_one_line_error(pretrain_stage(root), "pretrain: error: data/shards/train/train-000000.tar: sha256")
@@ -113,6 +116,7 @@ def test_added_and_missing_shards_are_named(root: Path) -> None:
         verify_shards(shards, root / "reports/shard.json")
 
 
+@pytest.mark.probe("truncated-shard")
 def test_features_stage_refuses_a_changed_shard(root: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
     from stages.features import main
@@ -129,6 +133,7 @@ def test_features_stage_refuses_a_changed_shard(root: Path, monkeypatch: pytest.
 
 
 @pytest.mark.slow
+@pytest.mark.probe("cut-shard")
 def test_dvc_repro_single_item_pretrain_refuses_failed_or_changed_inputs(tiny_project: Path) -> None:
     dvc(tiny_project, "repro", "validate")
     validation = tiny_project / "reports/validation.json"

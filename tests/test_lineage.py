@@ -68,6 +68,7 @@ def test_version_and_stage_are_read_at_the_tag(project: Path) -> None:
     ("target", "offset"),
     [("shard", 700), ("data/manifest.csv", 40), ("models/encoder.safetensors", -3)],
 )
+@pytest.mark.probe("lineage-verify")
 def test_verify_reports_exactly_the_changed_file(project: Path, target: str, offset: int) -> None:
     shard = target == "shard"
     if shard:

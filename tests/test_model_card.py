@@ -10,7 +10,6 @@ KW = {"img_size": 28, "patch_size": 4, "in_chans": 1, "embed_dim": 32, "depth": 
 def entry(**kw: object) -> dict:
     return {
         "artifact": "ijepa-encoder",
-        "created_at": "2026-01-01T00:00:00+00:00",
         "encoder": {"path": "models/encoder.safetensors", "meta_path": "models/encoder.json", "size": 1, "sha256": "a"},
         "architecture": {"timm_kwargs": {**KW, **kw}},
     }

@@ -63,6 +63,7 @@ def bad(request: pytest.FixtureRequest, good: Path, tmp_path: Path) -> tuple[Pat
     return data, str(poison(data, request.param))
 
 
+@pytest.mark.probe("unsafe-tar")
 def test_train_and_eval_loaders_refuse(bad: tuple[Path, str]) -> None:
     data, shard = bad
     with pytest.raises(UnsafeTarError, match=rf"{shard}: refusing tar member"):
@@ -85,12 +86,14 @@ def test_loader_workers_refuse_too(good: Path, tmp_path: Path) -> None:
         list(eval_loader(data / "shards/train", 64, num_workers=2))
 
 
+@pytest.mark.probe("unsafe-tar")
 def test_sample_count_refuses(bad: tuple[Path, str]) -> None:
     data, shard = bad
     with pytest.raises(UnsafeTarError, match=rf"{shard}: refusing tar member"):
         count_samples(data / "shards/train")
 
 
+@pytest.mark.probe("unsafe-tar")
 def test_validation_marks_the_shard_unreadable_naming_it(bad: tuple[Path, str]) -> None:
     data, shard = bad
     facts = collect_facts(data / "shards", data / "manifest.csv", ["train", "val", "test"], workers=2)

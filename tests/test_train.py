@@ -137,19 +137,22 @@ def test_run_writes_outputs(root: Path) -> None:
         "lr",
         "wd",
         "momentum",
-        "images_per_s",
-        "data_wait_fraction",
         "target_std",
         "effective_rank",
         "context_len",
     ):
         rows = (metrics / f"{name}.tsv").read_text().splitlines()
         assert rows[0] == f"step\t{name}" and len(rows) == 1 + 6, name
+    assert not (metrics / "images_per_s.tsv").exists() and not (metrics / "data_wait_fraction.tsv").exists()
     assert not (root / "dvc.yaml").exists()
     saved = json.loads((root / "reports/pretrain.json").read_text())
-    assert saved == report and all(not isinstance(v, (dict, list)) for v in saved.values())
+    timings = json.loads((root / "reports/timings/pretrain.json").read_text())
+    assert report == {**saved, **timings} and all(not isinstance(v, (dict, list)) for v in saved.values())
+    assert not {"wall_s", "images_per_s", "peak_memory_mb", "resumed_from_step"} & set(saved)  # timings apart
+    assert timings["step"] == 12 and timings["wall_s"] > 0 and timings["attempts"] == 1
 
 
+@pytest.mark.probe("kill-resume")
 def test_kill_and_resume_is_bit_exact(tmp_path: Path) -> None:
     a, b = make_root(tmp_path / "a"), make_root(tmp_path / "b")
     run(a)

@@ -270,7 +270,10 @@ def train_loader(
     pipeline = wds.DataPipeline(*stages)
     if epoch_batches is not None:
         pipeline = pipeline.with_epoch(max(1, epoch_batches // max(1, num_workers)))
-    return DataLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=False)
+    # own generator: the loader's base seed never draws from (and so never advances) the global RNG, whose
+    # state the training checkpoints store; a resumed run re-creating this loader then saves the same bytes
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch * 7919 + rank)
+    return DataLoader(pipeline, batch_size=None, num_workers=num_workers, persistent_workers=False, generator=generator)
 
 
 class _OrderedBatches(IterableDataset):

@@ -28,6 +28,7 @@ from pipeline.config import DataParams
 from pipeline.data.images import MAX_REPORTED, CorruptImageError, UnusableInputsError
 from pipeline.data.shard_writer import EncoderPool, ShardSink, sample_cost, sample_dict
 from pipeline.data.sources import SPLITS, SourceDataset
+from pipeline.timings import per_s, timings_path, write_timings
 
 __all__ = ["MANIFEST_COLUMNS", "ShardResult", "read_manifest", "shard_dataset", "write_shards"]
 
@@ -161,8 +162,8 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def shard_report(dataset: SourceDataset, result: ShardResult, manifest_path: Path) -> dict:
-    """The `reports/shard.json` content: counts per split and class, shards, bytes, encoding, speed,
-    skipped inputs and removed duplicates."""
+    """The `reports/shard.json` content: counts per split and class, shards, bytes, encoding, skipped
+    inputs and removed duplicates (only what the inputs determine: the speed is in `shard_timing`)."""
     report: dict = {"source": dataset.name, "root": dataset.root, "num_classes": len(dataset.classes)}
     report["classes"] = dataset.classes
     report["count"] = {s: sum(result.count.get(s, Counter()).values()) for s in SPLITS}
@@ -174,8 +175,6 @@ def shard_report(dataset: SourceDataset, result: ShardResult, manifest_path: Pat
     report["source_bytes"] = dataset.source_bytes
     report["bytes_ratio"] = round(result.bytes / dataset.source_bytes, 4) if dataset.source_bytes else None
     report["stored"] = {"png": result.stored.get("png", 0), "jpg": result.stored.get("jpg", 0), "kept": result.kept}
-    report["wall_s"] = round(result.wall_s, 3)
-    report["images_per_s"] = round(result.images / max(result.wall_s, 1e-9), 1)
     report["manifest_sha256"] = file_sha256(manifest_path)
     report["shard_sha256"] = dict(result.shard_sha256)
     report["skipped_count"] = len(result.skipped)
@@ -188,11 +187,19 @@ def shard_report(dataset: SourceDataset, result: ShardResult, manifest_path: Pat
 def shard_dataset(
     params: DataParams, out_dir: Path, manifest_path: Path, report_path: Path, workers: int | None = None
 ) -> dict:
-    """Load the configured source, write shards + manifest, write and return the shard report."""
+    """Load the configured source, write shards + manifest and the shard report (its timings beside it,
+    pipeline/timings.py); returns the report plus the timings."""
     from pipeline.data.sources import load_source
 
     dataset = load_source(params, workers=workers)
     result = write_shards(dataset, params, out_dir, manifest_path, workers=workers)
     report = shard_report(dataset, result, manifest_path)
     write_json_atomic(report_path, report)
-    return report
+    timing = shard_timing(result)
+    write_timings(timings_path(report_path), timing)
+    return {**report, **timing}
+
+
+def shard_timing(result: ShardResult) -> dict:
+    """The run's wall time and images/s (reports/timings/shard.json)."""
+    return {"wall_s": round(result.wall_s, 3), "images_per_s": per_s(result.images, result.wall_s)}

@@ -6,8 +6,9 @@ with great-expectations 1.x: an ephemeral context, one pandas data source, one s
 definition and checkpoint per frame (`ijepa_data.manifest|samples|shards|splits`), and a Data Docs
 site of our own (`TupleFilesystemStoreBackend` under `docs_dir`). The result is a flat report:
 `success` (no `error`-severity check failed), counts, `normalization` (per-channel mean/std of the
-train split's pixel sample, pixels in [0, 1]), speed (`s_per_10k_images`), the size of the pixel
-sample per split and `checks: {name: {success, observed, expected, severity}}`. With
+train split's pixel sample, pixels in [0, 1]), the size of the pixel sample per split and
+`checks: {name: {success, observed, expected, severity}}`: only what the shards and params determine;
+the speed (`wall_s`, `images_per_s`, `s_per_10k_images`) goes to the timings file beside the report. With
 `validate.expected_sizes: null` the split sizes checked are the manifest's (what `shard` produced).
 `summary_lines` renders the failed checks for humans (stderr of the stage and the CLI).
 """
@@ -18,7 +19,6 @@ import logging
 import math
 import os
 import shutil
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from pipeline.config import ParamsError, ValidateParams
 from pipeline.data.sources import SPLITS
 from pipeline.data.validation_checks import Check, build_checks
 from pipeline.data.validation_facts import Facts, ValidationInputError, collect_facts
+from pipeline.timings import Stopwatch, per_s, timings_path, write_timings
 
 SUITE = "ijepa_data"
 FRAMES = ("manifest", "samples", "shards", "splits")
@@ -181,13 +182,19 @@ def validate_data(shard_dir: Path, manifest: Path, params: ValidateParams, docs_
                   workers: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Run the whole gate and return the report (see the module docstring). Raises
     `ValidationInputError` when there is nothing to validate and `ParamsError` for bad severities."""
-    start = time.perf_counter()
+    return _validate(shard_dir, manifest, params, docs_dir, workers)[0]
+
+
+def _validate(shard_dir: Path, manifest: Path, params: ValidateParams, docs_dir: Path | None,
+              workers: int | None) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """(report, timings): the facts, and the wall times and speed of this run (pipeline/timings.py)."""
+    clock = Stopwatch()
     splits = list(params.expected_sizes) if params.expected_sizes is not None else list(SPLITS)
     facts = collect_facts(shard_dir, manifest, splits, params.num_classes, workers, params.pixel_sample,
                           params.pixel_seed)  # fmt: skip
     sizes = expected_sizes(params, facts.manifest_counts)
     checks = build_checks(params, facts.num_classes, sizes)
-    gx_start = time.perf_counter()
+    gx_clock = Stopwatch()
     results = run_gx(facts, checks, docs_dir)
     entries = {c.name: check_entry(c, results[c.name]) for c in checks}
     failed = [n for n, e in entries.items() if not e["success"] and e["severity"] == "error"]
@@ -195,8 +202,13 @@ def validate_data(shard_dir: Path, manifest: Path, params: ValidateParams, docs_
     samples = facts.samples[facts.samples["in_shards"]]
     count = {s: int((samples["split"] == s).sum()) for s in splits}
     count["total"] = len(samples)
-    total_s = time.perf_counter() - start
-    return {
+    total_s = clock.seconds()
+    timing = {
+        "wall_s": {"read": round(facts.read_s, 3), "gx": gx_clock.seconds(), "total": total_s},
+        "images_per_s": per_s(len(samples), total_s),
+        "s_per_10k_images": round(total_s / max(len(samples), 1) * 10_000, 3),
+    }
+    report = {
         "success": not failed,
         "suite": SUITE,
         "checks_total": len(checks),
@@ -209,17 +221,11 @@ def validate_data(shard_dir: Path, manifest: Path, params: ValidateParams, docs_
         "num_classes": facts.num_classes,
         "normalization": facts.normalization,
         "data_docs": str(docs_dir / "index.html") if docs_dir is not None else None,
-        "wall_s": {
-            "read": round(facts.read_s, 3),
-            "gx": round(time.perf_counter() - gx_start, 3),
-            "total": round(total_s, 3),
-        },
-        "images_per_s": round(len(samples) / max(total_s, 1e-9), 1),
-        "s_per_10k_images": round(total_s / max(len(samples), 1) * 10_000, 3),
         "expected_sizes": "params" if params.expected_sizes is not None else "manifest",
         "pixel_images": {s: facts.pixel_images.get(s, 0) for s in splits},
         "checks": entries,
     }
+    return report, timing
 
 
 def expected_sizes(params: ValidateParams, manifest_counts: dict[str, int]) -> dict[str, int]:
@@ -255,10 +261,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 def run_validation(shard_dir: Path, manifest: Path, params: ValidateParams, report_path: Path,
                    docs_dir: Path | None) -> tuple[int, dict[str, Any]]:  # fmt: skip
-    """Validate, always write the report (also on failure), return (exit code, report)."""
+    """Validate, always write the report (also on failure) and its timings beside it (pipeline/timings.py);
+    return (exit code, report plus timings)."""
+    timing: dict[str, Any] = {}
     try:
-        report = validate_data(shard_dir, manifest, params, docs_dir)
+        report, timing = _validate(shard_dir, manifest, params, docs_dir, None)
     except (ValidationInputError, ParamsError) as exc:
         report = {"success": False, "error": str(exc), "normalization": None}
     write_json_atomic(report_path, report)
-    return (0 if report["success"] else 1), report
+    write_timings(timings_path(report_path), timing)
+    return (0 if report["success"] else 1), {**report, **timing}

@@ -14,17 +14,18 @@ under a prefix for the baselines (`pipeline.eval.baselines`):
     lowshot.pct<p>.mean  lowshot.pct<p>.std  lowshot.pct<p>.train_size   p % of labels ("0.5" -> "0_5")
     baseline.raw.<key>  baseline.random.<key>                raw pixels / random-init encoder, same key
     delta.raw.<key>  delta.random.<key>                      encoder minus baseline, accuracy keys only
-    features.dim  features.last_layers  features.precision  features.train_size  encoder.step  wall_s
+    features.dim  features.last_layers  features.precision  features.train_size  encoder.step
 
 Plots: `reports/plots/accuracy_vs_step.csv` (step, linear_test_top1, linear_val_top1: every snapshot
 and the final encoder, all probed on the same snapshot subset of keys so the points are comparable)
 and `reports/plots/lowshot.csv` (k, encoder, random_init, raw_pixels: mean test top-1 per k).
+The stage's wall time goes to reports/timings/<report name> (pipeline/timings.py), so the reports are
+byte-identical for the same features.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from pipeline.eval.features import FeatureSet, load_features, read_index
 from pipeline.eval.knn import knn_accuracy
 from pipeline.eval.linear import linear_probe
 from pipeline.eval.lowshot import lowshot_eval
+from pipeline.timings import Stopwatch, timings_path, write_timings
 
 ACCURACY_VS_STEP_COLUMNS = ["step", "linear_test_top1", "linear_val_top1"]
 LOWSHOT_COLUMNS = ["k", ENCODER, *sorted(BASELINES.values())]  # k, encoder, random_init, raw_pixels
@@ -101,10 +103,9 @@ def _context(features_root: Path | str) -> Metrics:
 
 def linear_report(features_root: Path | str, params: EvalParams) -> tuple[Metrics, list[dict]]:
     """(reports/eval_linear.json content, accuracy_vs_step rows)."""
-    start = time.perf_counter()
     report = compare(evaluate_sets(features_root, lambda s: linear_metrics(s, params)))
     rows = step_curve(features_root, params)
-    return {**report, **_context(features_root), "wall_s": round(time.perf_counter() - start, 2)}, rows
+    return {**report, **_context(features_root)}, rows
 
 
 def lowshot_metrics(splits: dict[str, FeatureSet], params: EvalParams, train_split_size: int | None = None) -> Metrics:
@@ -125,12 +126,10 @@ def lowshot_metrics(splits: dict[str, FeatureSet], params: EvalParams, train_spl
 
 def lowshot_report(features_root: Path | str, params: EvalParams) -> tuple[Metrics, list[dict]]:
     """(reports/eval_lowshot.json content, lowshot.csv rows)."""
-    start = time.perf_counter()
     full_train = read_index(features_root).get("split_sizes", {}).get("train")
     by_set = evaluate_sets(features_root, lambda s: lowshot_metrics(s, params, full_train))
     rows = [{"k": k, **{name: by_set[name][f"lowshot.k{k}.mean"] for name in SETS}} for k in params.lowshot_k]
-    report = {**compare(by_set), "lowshot.seeds": params.lowshot_seeds, **_context(features_root)}
-    return {**report, "wall_s": round(time.perf_counter() - start, 2)}, rows
+    return {**compare(by_set), "lowshot.seeds": params.lowshot_seeds, **_context(features_root)}, rows
 
 
 def run_report_stage(
@@ -143,8 +142,9 @@ def run_report_stage(
     params_path: str = "params.yaml",
 ) -> tuple[Metrics, list[dict]] | None:
     """What both eval stages do: read params `eval`, build the report from the feature cache, write the
-    JSON report and the plot CSV atomically. Bad params or a missing cache print `<stage>: error: …`
-    to stderr and return None (nothing is written)."""
+    JSON report, the plot CSV and the timings (`wall_s`) atomically; returns (report plus timings, rows).
+    Bad params or a missing cache print `<stage>: error: …` to stderr and return None (nothing is written)."""
+    clock = Stopwatch()
     try:
         report, rows = make(features_root, load_section("eval", params_path, EvalParams))
     except (ParamsError, FileNotFoundError, ValueError) as exc:
@@ -152,4 +152,6 @@ def run_report_stage(
         return None
     write_json_atomic(report_path, report)
     write_csv_atomic(plot_path, rows, columns)
-    return report, rows
+    timing = {"wall_s": clock.seconds(2)}
+    write_timings(timings_path(report_path), timing)
+    return {**report, **timing}, rows

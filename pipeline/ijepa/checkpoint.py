@@ -3,7 +3,8 @@
 A checkpoint `models/checkpoints/ckpt-step{step:07d}.pt` holds everything an exact resume needs
 (model = context/target encoders + predictor, optimizer, step, data-stream position, RNG states,
 progress counters and the metric history) as tensors and plain Python types only, so it loads with
-`torch.load(..., weights_only=True)`. It also stores the run's identity params and their
+`torch.load(..., weights_only=True)`, and is written in a canonical form (`canonical`): the same state
+gives the same bytes, also after a resume. It also stores the run's identity params and their
 fingerprint: resuming under different params is refused with the list of what differs.
 
 Integrity: the zip container torch writes carries no checksum that `torch.load` verifies (flipped bytes
@@ -25,6 +26,8 @@ import os
 import random
 import re
 import shutil
+import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import IO, Any
 
@@ -89,6 +92,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def canonical(obj: Any) -> Any:
+    """`obj` rebuilt with every string interned (containers keep their type and attributes, tensors are
+    untouched). Pickle writes a string once per *object*, so strings read back from a checkpoint (a resumed
+    run's optimizer keys, logged rows) and this process's own would otherwise serialise differently: with
+    every equal string one object, a resumed run writes the same checkpoint bytes as an uninterrupted one."""
+    if type(obj) in (dict, OrderedDict):
+        out = type(obj)((canonical(k), canonical(v)) for k, v in obj.items())
+        if (meta := getattr(obj, "_metadata", None)) is not None:  # nn.Module.state_dict() versions
+            out._metadata = canonical(meta)  # type: ignore[attr-defined]
+        return out
+    if type(obj) in (list, tuple):
+        return type(obj)(canonical(v) for v in obj)
+    return sys.intern(obj) if type(obj) is str else obj
+
+
 def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> Path:
     """Write `state` and its digest atomically (temp files, fsync, os.replace: the digest first, so a
     checkpoint never exists without its digest), then keep only the newest `keep`. Out of space:
@@ -104,7 +122,7 @@ def save_checkpoint(directory: Path, state: dict[str, Any], keep: int = 2) -> Pa
     with replacing(path, tmp, tmp_digest):
         with open(tmp, "wb") as fh:
             writer = _HashingWriter(fh)
-            torch.save({"format": FORMAT, **state}, writer)
+            torch.save(canonical({"format": FORMAT, **state}), writer)
             fh.flush()
             os.fsync(fh.fileno())
         with open(tmp_digest, "w") as fh:
@@ -209,6 +227,14 @@ def clear_directory(directory: Path) -> None:
                 shutil.rmtree(p)
             else:
                 p.unlink()
+
+
+def seed_all(seed: int) -> None:
+    """Seed the Python, numpy and torch (CPU + CUDA) global RNGs, so the states a checkpoint stores
+    depend on the run's seed only, not on the process that happened to run it."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def rng_state() -> dict[str, Any]:

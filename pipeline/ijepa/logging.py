@@ -1,10 +1,13 @@
-"""Training telemetry: dvclive metric files, the progress bar and interval throughput counters.
+"""Training telemetry: dvclive metric files, the progress bar and interval loss/throughput counters.
 
 `RunLogger` writes one dvclive row per logged step to `reports/dvclive/plots/metrics/*.tsv`
 (`Live(dvcyaml=None, save_dvc_exp=False)`: it never rewrites dvc.yaml; the plots are declared there
-statically). It keeps the logged rows as plain dicts so that the training checkpoint can store them:
-a resumed run replays them first, giving the same curves as an uninterrupted run even when DVC
-removed the old files before re-running the stage. Only rank 0 logs; other ranks get a silent one.
+statically). Rows hold what the params and data determine (loss, schedules, feature statistics), never
+a timing, so two runs write the same files; throughput is shown in the progress bar and totalled in
+reports/timings/pretrain.json (pipeline/ijepa/clock.py). It keeps the logged rows as plain dicts so
+that the training checkpoint can store them: a resumed run replays them first, giving the same curves
+as an uninterrupted run even when DVC removed the old files before re-running the stage. Only rank 0
+logs; other ranks get a silent one.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Meter:
-    """Accumulates loss, images and data-wait time between two log points."""
+    """Accumulates loss and images between two log points."""
 
     def __init__(self) -> None:
         self.reset()
@@ -38,19 +41,19 @@ class Meter:
         self.loss_sum: torch.Tensor | float = 0.0
         self.steps = 0
         self.images = 0
-        self.wait_s = 0.0
 
-    def update(self, loss: torch.Tensor, images: int, wait_s: float) -> None:
+    def update(self, loss: torch.Tensor, images: int) -> None:
         self.loss_sum = self.loss_sum + loss.detach().float()
         self.steps += 1
         self.images += images
-        self.wait_s += wait_s
 
-    def summary(self) -> dict[str, float]:
-        """Mean loss, images/s and data-wait fraction of the interval (syncs the device once)."""
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        loss = float(self.loss_sum) / max(self.steps, 1)
-        return {"loss": loss, "images_per_s": self.images / elapsed, "data_wait_fraction": self.wait_s / elapsed}
+    def loss(self) -> float:
+        """Mean loss of the interval (syncs the device once)."""
+        return float(self.loss_sum) / max(self.steps, 1)
+
+    def images_per_s(self) -> float:
+        """Throughput of the interval: for the progress bar only, never logged (it differs run to run)."""
+        return self.images / max(time.perf_counter() - self.t0, 1e-9)
 
 
 class RunLogger:
@@ -94,8 +97,9 @@ class RunLogger:
                 self.live.log_metric(name, float(value))
         self.live.next_step()
 
-    def log(self, step: int, metrics: dict[str, float]) -> None:
-        """Record the metrics of update count `step` (history + dvclive + progress postfix)."""
+    def log(self, step: int, metrics: dict[str, float], images_per_s: float = 0.0) -> None:
+        """Record the metrics of update count `step` (history + dvclive) and show them with the interval's
+        `images_per_s` in the progress bar."""
         if not self.enabled:
             return
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
@@ -103,7 +107,7 @@ class RunLogger:
         self._write(row)
         if self.bar is not None:
             self.bar.set_postfix(
-                loss=f"{row.get('loss', float('nan')):.4f}", img_s=f"{row.get('images_per_s', 0.0):.0f}", refresh=False
+                loss=f"{row.get('loss', float('nan')):.4f}", img_s=f"{images_per_s:.0f}", refresh=False
             )
 
     def advance(self, n: int = 1) -> None:

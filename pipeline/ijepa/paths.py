@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.data import remote
+from pipeline.timings import timings_path
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,11 @@ class RunPaths:
             r / "reports/dvclive",
             r / "reports/shard.json",
         )
+
+    @property
+    def timings(self) -> Path:
+        """The run's wall-clock numbers (pipeline/ijepa/clock.py), beside the report: reports/timings/pretrain.json."""
+        return timings_path(self.report)
 
     @property
     def snapshot_staging(self) -> Path:

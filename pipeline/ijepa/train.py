@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from pipeline.config import MaskParams, ModelParams, TrainParams
 from pipeline.data.parts import rank_loader, rank_parts, resolve_parts
 from pipeline.ijepa import checkpoint as ckpt
 from pipeline.ijepa.augment import BatchTransform, train_transform
+from pipeline.ijepa.clock import RunClock
 from pipeline.ijepa.distributed import Dist, init_distributed, local_masks, resolve_device
 from pipeline.ijepa.export import encoder_meta, save_encoder
 from pipeline.ijepa.guard import LossGuard
@@ -41,16 +42,14 @@ from pipeline.ijepa.schedules import Schedules, ScheduleValues, run_length
 
 @dataclass
 class Progress:
-    """Run position and counters beyond model/optimizer state; stored in every checkpoint."""
+    """Run position and counters beyond model/optimizer state; stored in every checkpoint. Only what the
+    params and data determine: the wall-clock side of the run is in `RunClock` (pipeline/ijepa/clock.py)."""
 
     step: int = 0
     data_epoch: int = 0
     data_batch: int = 0
-    wall_s: float = 0.0
     images: int = 0
-    data_wait_s: float = 0.0
     last_loss: float = float("nan")
-    resumed_from: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     snapshots: list[dict[str, Any]] = field(default_factory=list)
 
@@ -87,7 +86,7 @@ def build(
             f"{n_train} training images cannot fill one batch of {train_p.batch_size} "
             f"per process ({dist.world} processes): lower train.batch_size"
         )
-    torch.manual_seed(train_p.seed)
+    ckpt.seed_all(train_p.seed)
     model = IJEPA(model_p).to(device)
     # same formula; timm's explicit softmax(q k^T) v is ~10 % faster than fused SDPA on CPU (bench/train_step.md)
     model.use_fused_attention(device.type == "cuda")
@@ -201,11 +200,11 @@ def restore(tr: Trainer, path: Path, state: dict[str, Any]) -> Progress:
     try:
         tr.model.load_state_dict(state["model"])
         tr.optimizer.load_state_dict(state["optimizer"])
-        progress = Progress(**state["progress"])
+        known = {f.name for f in fields(Progress)}  # checkpoints before RunClock also held wall times
+        progress = Progress(**{k: v for k, v in state["progress"].items() if k in known})
         ckpt.set_rng_state(state["rng"])
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise ckpt.CheckpointError(f"{path}: checkpoint does not fit this model/optimizer: {exc}") from exc
-    progress.resumed_from = progress.step
     return progress
 
 
@@ -232,14 +231,14 @@ def resume_or_start(tr: Trainer, paths: RunPaths, identity: dict[str, Any]) -> P
     return Progress()
 
 
-def save_snapshot(tr: Trainer, paths: RunPaths, progress: Progress, meta: dict[str, Any], wall_s: float) -> None:
+def save_snapshot(tr: Trainer, paths: RunPaths, progress: Progress, meta: dict[str, Any]) -> None:
     name = f"encoder-step{progress.step:07d}.safetensors"
     epoch = progress.step // tr.steps_per_epoch
     save_encoder(
         tr.model.target_encoder, paths.snapshot_staging / name, {**meta, "step": progress.step, "epoch": epoch}
     )
     progress.snapshots = [s for s in progress.snapshots if s["step"] != progress.step]
-    progress.snapshots.append({"file": name, "step": progress.step, "epoch": epoch, "wall_s": round(wall_s, 3)})
+    progress.snapshots.append({"file": name, "step": progress.step, "epoch": epoch})
 
 
 def run_steps(
@@ -249,13 +248,14 @@ def run_steps(
     identity: dict[str, Any],
     meta: dict[str, Any],
     log: RunLogger,
+    clock: RunClock,
     stop_after: int | None = None,
 ) -> bool:
     """The loop: updates until the run's last step; checkpoints, snapshots and logs on the way.
     `stop_after` ends the attempt early after that many total steps, as a kill would (tests).
     Returns True when the run is complete."""
     p, total, main = tr.params, tr.schedules.total_steps, tr.dist.is_main
-    snaps, meter, t_start, wall0 = snapshot_steps(total, p.snapshots), Meter(), time.perf_counter(), progress.wall_s
+    snaps, meter = snapshot_steps(total, p.snapshots), Meter()
     tr.model.train()
     stream = data_stream(tr, paths.shards, progress)
     guard = LossGuard(p.divergence_factor, progress.history, tr.dist.world)  # non-finite/exploding loss: stop
@@ -269,11 +269,10 @@ def run_steps(
         guard.watch(loss)
         progress.step, progress.data_batch = step + 1, progress.data_batch + 1
         progress.images += images.shape[0] * tr.dist.world
-        progress.data_wait_s += wait
-        meter.update(loss, images.shape[0] * tr.dist.world, wait)
-        progress.wall_s = wall0 + time.perf_counter() - t_start
+        meter.update(loss, images.shape[0] * tr.dist.world)
+        clock.tick(images.shape[0] * tr.dist.world, wait)
         if log_now:
-            row = meter.summary()
+            row = {"loss": meter.loss()}
             guard.check(progress.step, paths.checkpoints, row["loss"])
             progress.last_loss = row["loss"]
             if main:
@@ -287,22 +286,24 @@ def run_steps(
                     context_len=stats.get("context_len", 0.0),
                     **{k: v for k, v in stats.items() if k.startswith("reg_")},
                 )
-                log.log(progress.step, row)
+                log.log(progress.step, row, meter.images_per_s())
                 log.warn_low_rank(progress.step, row["effective_rank"], p.collapse_warn_rank)
             meter.reset()
         log.advance()
         if progress.step in snaps or progress.step % p.checkpoint_every == 0 or progress.step == total:
             guard.check(progress.step, paths.checkpoints)  # never save a diverged model
         if main and progress.step in snaps:
-            save_snapshot(tr, paths, progress, meta, progress.wall_s)
+            save_snapshot(tr, paths, progress, meta)
         if main and (progress.step % p.checkpoint_every == 0 or progress.step == total):
             progress.history = list(log.history)
             ckpt.save_checkpoint(paths.checkpoints, checkpoint_state(tr, progress, identity))
+            clock.record(progress.step)  # the wall time up to this checkpoint, for a resumed attempt
     return True
 
 
-def export(tr: Trainer, paths: RunPaths, progress: Progress, meta: dict[str, Any]) -> dict[str, Any]:
-    """Final target encoder, the snapshot folder + index and reports/pretrain.json (rank 0)."""
+def export(tr: Trainer, paths: RunPaths, progress: Progress, meta: dict[str, Any], clock: RunClock) -> dict[str, Any]:
+    """Final target encoder, the snapshot folder + index, reports/pretrain.json and its timings (rank 0);
+    returns the report plus the timings."""
     epoch = progress.step // tr.steps_per_epoch
     save_encoder(tr.model.target_encoder, paths.encoder, {**meta, "step": progress.step, "epoch": epoch})
     if paths.snapshots.exists():
@@ -315,23 +316,19 @@ def export(tr: Trainer, paths: RunPaths, progress: Progress, meta: dict[str, Any
             if src.exists():
                 shutil.copy2(src, paths.snapshots / src.name)
     write_json_atomic(paths.snapshots / "index.json", entries, sort_keys=True)
-    train_s = max(progress.wall_s, 1e-9)
     report = {
         "final_loss": progress.last_loss,
         "steps": progress.step,
         "epochs": epoch,
         "steps_per_epoch": tr.steps_per_epoch,
-        "images_per_s": round(progress.images / train_s, 2),
-        "wall_s": round(progress.wall_s, 2),
-        "peak_memory_mb": round(peak_memory_mb(tr.device), 1),
+        "images": progress.images,
         "device": str(tr.device),
         "precision": resolve_precision(tr.device, tr.params.precision),
         "world_size": tr.dist.world,
-        "resumed_from_step": progress.resumed_from,
-        "data_wait_fraction": round(progress.data_wait_s / train_s, 4),
     }
     write_json_atomic(paths.report, report, sort_keys=True)
-    return report
+    timing = clock.record(progress.step, peak_memory_mb=round(peak_memory_mb(tr.device), 1))
+    return {**report, **timing}
 
 
 def pretrain(
@@ -342,7 +339,7 @@ def pretrain(
     stop_after: int | None = None,
     tune_allocator: bool = False,
 ) -> dict[str, Any] | None:
-    """The whole stage: returns the report, or None when `stop_after` ended the attempt early.
+    """The whole stage: returns the report plus its timings, or None when `stop_after` ended the attempt early.
     `tune_allocator`: on CPU, apply `model.tune_cpu_allocator` (process-wide; for a process that
     does one long run, like the stage; many short runs in one process got slower with it)."""
     paths = paths or RunPaths.under()
@@ -355,14 +352,15 @@ def pretrain(
     identity = run_identity(model_p, mask_p, train_p, norm, paths.shards, dist.world)
     progress = resume_or_start(tr, paths, identity)
     log = RunLogger(paths.live, tr.schedules.total_steps, progress.step, progress.history, enabled=dist.is_main)
+    clock = RunClock.start(paths.timings, progress.step)
     if progress.step:
         log.message(f"pretrain: resuming at step {progress.step}/{tr.schedules.total_steps} from {paths.checkpoints}")
     meta = encoder_meta(model_p, norm)
     try:
-        done = run_steps(tr, paths, progress, identity, meta, log, stop_after)
+        done = run_steps(tr, paths, progress, identity, meta, log, clock, stop_after)
     finally:
         log.close()
-    report = export(tr, paths, progress, meta) if done and dist.is_main else None
+    report = export(tr, paths, progress, meta, clock) if done and dist.is_main else None
     dist.barrier()
     dist.close()
     return report if done else None

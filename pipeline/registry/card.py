@@ -140,7 +140,8 @@ def model_card(entry: dict[str, Any], figures: Sequence[tuple[str, str]] = ()) -
         f"{kw.get('num_heads')} heads, MLP ratio {kw.get('mlp_ratio')} (`timm_kwargs` in `{enc['meta_path']}`)",
         f"- weights: `{enc['path']}`, {enc['size']} bytes, sha256 `{enc['sha256']}`",
         f"- input: pixels in [0, 1], then `(x - mean) / std` with mean {norm.get('mean')} and std {norm.get('std')}",
-        f"- registered: {entry['created_at']}, run from git commit `{(entry.get('git') or {}).get('commit')}`",
+        "- version, stages and registration date: `ijepa registry show` (gto tags); when and from which commit "
+        "this entry was built: `reports/timings/register.json`",
         "",
         "## How it was trained",
         "",
@@ -153,8 +154,8 @@ def model_card(entry: dict[str, Any], figures: Sequence[tuple[str, str]] = ()) -
         f"loss {train.get('loss')}, final loss {pretrain.get('final_loss', '?')}",
         f"- masking: {mask.get('num_targets')} target blocks, scale {mask.get('target_scale')}, aspect "
         f"{mask.get('target_aspect')}; context scale {mask.get('context_scale')}",
-        f"- hardware: {pretrain.get('device', '?')} x{pretrain.get('world_size', 1)}, "
-        f"{pretrain.get('images_per_s', '?')} images/s, {pretrain.get('wall_s', '?')} s",
+        f"- hardware: {pretrain.get('device', '?')} x{pretrain.get('world_size', 1)}, precision "
+        f"{pretrain.get('precision', '?')} (training time and speed: `reports/timings/pretrain.json`)",
         f"- data params: seed {data.get('seed')}, val size {data.get('val_size')}, max per class "
         f"{data.get('max_per_class')}; every parameter is in `registry/entry.json` (`params`)",
         "",

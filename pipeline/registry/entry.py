@@ -2,13 +2,15 @@
 
 `register_model` reads the encoder, every report and the `register` params, checks the gate and, when
 it passes, writes `registry/entry.json` (everything needed to audit and reload the model: encoder
-hashes, architecture, params, metrics, data and source identity, git commit, date) and
-`registry/model_card.md`, each atomically. A failed gate raises `GateFailed` naming every unmet
-threshold (observed vs required) and writes nothing and deletes nothing: the entry and card already
-there (the last model that passed; both git-tracked, `cache: false` and `persist: true` in dvc.yaml, so
-DVC does not delete them before the stage runs either) stay as they were, and since the stage failed
-DVC does not record it in dvc.lock. They describe their own encoder by sha256, so they can never pass
-for the new one (`ijepa registry register` and `ijepa lineage --verify` compare the hashes).
+hashes, architecture, params, metrics, data and source identity) and `registry/model_card.md`, each
+atomically and byte-identical for the same inputs; when and from which git commit the stage ran goes to
+reports/timings/register.json (pipeline/timings.py: committed, not a DVC output). A failed gate
+raises `GateFailed` naming every unmet threshold (observed vs required) and writes nothing and deletes
+nothing: the entry and card already there (the last model that passed; both git-tracked, `cache: false`
+and `persist: true` in dvc.yaml, so DVC does not delete them before the stage runs either) stay as they
+were, and since the stage failed DVC does not record it in dvc.lock. They describe their own encoder
+by sha256, so they can never pass for the new one (`ijepa registry register` and `ijepa lineage
+--verify` compare the hashes).
 Versions and stages of the registered encoder live in pipeline/registry/versions.py (gto tags); every
 registered version stays readable from its tag whatever the workspace holds.
 """
@@ -35,9 +37,11 @@ from pipeline.registry.records import (
     lock_outs,
 )
 from pipeline.registry.source import source_identity
+from pipeline.timings import write_timings
 
 ENTRY_FORMAT = "ijepa-registry-entry/1"
 ENTRY = Path("registry/entry.json")
+RUN = Path("reports/timings/register.json")
 CARD = Path("registry/model_card.md")
 ENCODER = Path("models/encoder.safetensors")
 ENCODER_META = Path("models/encoder.json")
@@ -100,12 +104,6 @@ def build_entry(root: Path, params: RegisterParams, checks: list[GateCheck], par
     return {
         "format": ENTRY_FORMAT,
         "artifact": params.artifact,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git": {
-            "commit": head_commit(root),
-            "dirty": is_dirty(root),
-            "note": "commit the run started from; the registry tag points at the commit holding this entry",
-        },
         "encoder": {
             "path": ENCODER.as_posix(),
             "sha256": weights.sha256,
@@ -150,4 +148,17 @@ def register_model(
     card = model_card(entry, card_figures(root, CARD.parent))
     write_text_atomic(root / CARD, card)
     write_text_atomic(root / ENTRY, json.dumps(entry, indent=2) + "\n")
+    write_timings(root / RUN, run_record(root))
     return entry
+
+
+def run_record(root: Path) -> dict[str, Any]:
+    """When and from which commit the stage ran (reports/timings/register.json; differs on every run)."""
+    return {
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "git": {
+            "commit": head_commit(root),
+            "dirty": is_dirty(root),
+            "note": "commit the run started from; the registry tag points at the commit holding the entry",
+        },
+    }

@@ -24,6 +24,7 @@ from pipeline.registry.records import View, dotted, hash_path, is_dirty, lock_ou
 from pipeline.registry.source import source_digest, source_files
 
 ENTRY = "registry/entry.json"
+RUN = "reports/timings/register.json"  # when and from which commit the entry was built
 SHARD_REPORT = "reports/shard.json"
 ENCODER = "models/encoder.safetensors"
 SHARDS, MANIFEST = "data/shards", "data/manifest.csv"
@@ -97,6 +98,7 @@ def build_lineage(
         version = matching[-1]["version"]
     stages = next((v["stages"] for v in known if v["version"] == version), [])
     validation = view.read_json("reports/validation.json") or {}
+    run = view.read_json(RUN) or entry or {}  # entries before reports/timings/register.json held these
     linear = view.read_json("reports/eval_linear.json") or {}
     lowshot = view.read_json("reports/eval_lowshot.json") or {}
     pretrain_params = lparams.get("pretrain") or {
@@ -113,8 +115,8 @@ def build_lineage(
         "dirty": is_dirty(root) if view.rev is None else False,
         "entry": {
             "present": entry is not None,
-            "run_commit": ((entry or {}).get("git") or {}).get("commit"),
-            "created_at": (entry or {}).get("created_at"),
+            "run_commit": (run.get("git") or {}).get("commit"),
+            "created_at": run.get("created_at"),
             "gate": (entry or {}).get("gate"),
         },
         "encoder": {
