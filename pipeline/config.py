@@ -197,7 +197,7 @@ class TrainParams(_Section):
         "auto", description="autocast dtype of the forward pass; auto: bf16 on CUDA and on CPUs with native bf16"
     )
     collapse_warn_rank: float | None = Field(
-        2.0, ge=0.0, description="warn when the pooled target features' effective rank falls below this"
+        2.0, ge=0.0, description="warn when the pooled target features' effective rank is below this, after warm-up"
     )
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     snapshots: int = Field(4, ge=0, description="intermediate encoder snapshots for accuracy-vs-time")

@@ -56,3 +56,17 @@ def test_training_monitor_equals_the_offline_computation() -> None:
         pooled = model.target_encoder(x).mean(1)  # the per-image features the probes use
     assert stats["target_eff_rank"] == pytest.approx(effective_rank(pooled), rel=1e-6)
     assert stats["target_eff_rank"] != pytest.approx(effective_rank(model.target_encoder(x).flatten(0, 1)), rel=1e-3)
+
+
+def test_collapse_warning_waits_for_the_warmup(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    from pipeline.ijepa.logging import RunLogger
+
+    log = RunLogger(tmp_path / "live", total_steps=100, start_step=0)
+    log.warn_low_rank(20, 1.2, 2.0, after=30)  # in the warm-up: a random-init encoder's rank, no warning
+    log.warn_low_rank(40, 2.5, 2.0, after=30)  # healthy
+    assert "warning" not in capsys.readouterr().err
+    log.warn_low_rank(40, 1.2, 2.0, after=30)
+    log.warn_low_rank(50, 1.2, None, after=30)  # warning switched off
+    log.close()
+    err = capsys.readouterr().err
+    assert err.count("warning") == 1 and "step 40" in err and "1.20 (< train.collapse_warn_rank 2" in err

@@ -28,3 +28,10 @@ def test_card_embeds_the_figures_in_order_and_shows_both_loaders() -> None:
 def test_card_says_why_a_patch_norm_encoder_has_no_transformers_snippet() -> None:
     card = model_card(entry(embed_norm_layer="layernorm"))
     assert "IJepaModel.from_pretrained" not in card and "LayerNorm after the patch projection" in card
+
+
+def test_card_schedule_names_the_vicreg_terms_only_when_they_are_on() -> None:
+    on = model_card({**entry(), "params": {"train": {"loss": "smooth_l1", "var_weight": 0.05, "cov_weight": 0.05}}})
+    assert "loss smooth_l1 + VICReg variance 0.05 / covariance 0.05 on the pooled context features" in on
+    off = model_card({**entry(), "params": {"train": {"loss": "smooth_l1", "var_weight": 0.0, "cov_weight": 0}}})
+    assert "loss smooth_l1, final loss" in off and "VICReg" not in off

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
+import torch.distributed.nn.functional as dist_fn
 
 from pipeline.ijepa.masks import Masks, MultiBlockMaskCollator
 
@@ -41,6 +42,15 @@ class Dist:
     def close(self) -> None:
         if self.world > 1 and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+def gather_rows(x: torch.Tensor) -> torch.Tensor:
+    """The rows of `x` from every rank, in rank order (the global batch), with gradients flowing back
+    to each rank's own rows; `x` itself outside a process group. For batch statistics (VICReg's
+    variance/covariance) that must not depend on how the global batch is split over processes."""
+    if not torch_dist.is_available() or not torch_dist.is_initialized() or torch_dist.get_world_size() == 1:
+        return x
+    return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
 def init_distributed(device_name: str) -> Dist:

@@ -119,9 +119,11 @@ class RunLogger:
         if self.enabled:
             tqdm.write(text, file=sys.stderr)
 
-    def warn_low_rank(self, step: int, rank: float, threshold: float | None) -> None:
-        """A warning line when the pooled target features' effective rank is below `threshold`."""
-        if threshold is not None and 0 < rank < threshold:
+    def warn_low_rank(self, step: int, rank: float, threshold: float | None, after: int = 0) -> None:
+        """A warning line when the pooled target features' effective rank is below `threshold`, from
+        step `after` on: a random-init encoder's rank is ~1.3 and a healthy run's rises only after the
+        first few hundred steps (bench/tuning.md), so the lr warm-up is not judged."""
+        if threshold is not None and step > after and 0 < rank < threshold:
             self.message(
                 f"pretrain: warning: step {step}: effective rank of the pooled target features is {rank:.2f} "
                 f"(< train.collapse_warn_rank {threshold:g}): the encoder is collapsing to a few directions"

@@ -22,6 +22,7 @@ from torch import nn
 
 from pipeline.collapse import effective_rank
 from pipeline.config import ModelParams
+from pipeline.ijepa.distributed import gather_rows
 from pipeline.ijepa.layers import (
     INIT_STD,
     block_stack,
@@ -281,7 +282,8 @@ class IJEPA(nn.Module):
         target_norm: str = "layer",
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss averaged over all target patches and blocks, plus (when its weights are > 0) the
-        variance/covariance regulariser of the pooled context features (`variance_covariance`).
+        variance/covariance regulariser of the pooled context features (`variance_covariance`), over the
+        global batch: gathered from every rank, so a DDP run equals one process with the same global batch.
         `stats=False` skips the monitors."""
         h, target = self.target_representations(images, masks, target_norm)
         z = self.encode_context(images, masks)
@@ -289,7 +291,7 @@ class IJEPA(nn.Module):
         value = jepa_loss(pred, target, loss)
         reg: dict[str, torch.Tensor] = {}
         if var_weight > 0 or cov_weight > 0:
-            var, cov = variance_covariance(masked_mean(z, masks.context_valid))
+            var, cov = variance_covariance(gather_rows(masked_mean(z, masks.context_valid)))  # global batch
             value = value + var_weight * var + cov_weight * cov
             reg = {"reg_var": var.detach(), "reg_cov": cov.detach()}
         out: dict[str, float] = {}

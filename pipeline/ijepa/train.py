@@ -287,7 +287,7 @@ def run_steps(
                     **{k: v for k, v in stats.items() if k.startswith("reg_")},
                 )
                 log.log(progress.step, row, meter.images_per_s())
-                log.warn_low_rank(progress.step, row["effective_rank"], p.collapse_warn_rank)
+                log.warn_low_rank(progress.step, row["effective_rank"], p.collapse_warn_rank, tr.schedules.warmup_steps)
             meter.reset()
         log.advance()
         if progress.step in snaps or progress.step % p.checkpoint_every == 0 or progress.step == total:

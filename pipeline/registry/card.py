@@ -111,6 +111,15 @@ def _transformers_lines(enc: dict[str, Any], kw: dict[str, Any]) -> list[str]:
     ]
 
 
+def _regulariser(train: dict[str, Any]) -> str:
+    """The VICReg terms added to the I-JEPA loss, when they are on (a deviation from the paper)."""
+    var, cov = train.get("var_weight") or 0, train.get("cov_weight") or 0
+    if not var and not cov:
+        return ""
+    return (f" + VICReg variance {var:g} / covariance {cov:g} on the pooled context features of the global "
+            "batch (a deviation from I-JEPA that prevents dimensional collapse)")  # fmt: skip
+
+
 def model_card(entry: dict[str, Any], figures: Sequence[tuple[str, str]] = ()) -> str:
     """Markdown model card for one registry entry; `figures`: (title, link relative to the card)."""
     arch = entry.get("architecture") or {}
@@ -151,7 +160,7 @@ def model_card(entry: dict[str, Any], figures: Sequence[tuple[str, str]] = ()) -
         f"- schedule: {pretrain.get('steps', '?')} steps ({pretrain.get('epochs', '?')} epochs), batch "
         f"{train.get('batch_size')}, lr {train.get('lr')} (warmup from {train.get('start_lr')}, cosine to "
         f"{train.get('final_lr')}), weight decay {train.get('weight_decay')}, EMA {train.get('ema')}, "
-        f"loss {train.get('loss')}, final loss {pretrain.get('final_loss', '?')}",
+        f"loss {train.get('loss')}{_regulariser(train)}, final loss {pretrain.get('final_loss', '?')}",
         f"- masking: {mask.get('num_targets')} target blocks, scale {mask.get('target_scale')}, aspect "
         f"{mask.get('target_aspect')}; context scale {mask.get('context_scale')}",
         f"- hardware: {pretrain.get('device', '?')} x{pretrain.get('world_size', 1)}, precision "
