@@ -9,7 +9,7 @@ images/s of our shards (decode + the paper's RandomResizedCrop(224, 0.3-1) in th
 torchvision's `ImageFolder` + `RandomResizedCrop(224)` + `ToTensor` over the same files, both with
 `--workers` workers and the same batch size, steady state (after the first batch); and the tar reader
 (ours vs webdataset's). `--pipeline` adds a smoke of `dvc exp run` shard → register with the
-configs/vit-s16-224-imagefolder-cpu.yaml preset on the smallest folder (a few steps; gate not enforced).
+configs/vit-s16-224-imagefolder-cpu.yaml preset on the largest folder (`--pipeline-size`), one epoch, gate not enforced.
 
     python bench/photos.py --sizes 5000 20000 [--workers 2] [--work /tmp/photos-bench] [--pipeline]
 
@@ -155,7 +155,8 @@ def bench_tar(shards: Path) -> dict:
 
 
 SMOKE = {  # on top of the CPU preset: a few steps, quick probes, the gate recorded instead of enforced
-    "train.epochs": 1, "train.checkpoint_every": 1000, "train.snapshots": 1, "train.log_every": 2,
+    "train.epochs": 1, "train.min_steps": "null", "train.checkpoint_every": 1000, "train.snapshots": 1,
+    "train.log_every": 20,
     "eval.lowshot_k": "[1,5]", "eval.lowshot_seeds": 2, "eval.knn_k": "[5,20]", "eval.c_grid": "[0.1,1.0]",
     "eval.snapshot_max_images": 100, "register.enforce_gate": "false", "register.margin_metric": "lowshot.k5.mean",
 }  # fmt: skip
@@ -216,7 +217,8 @@ def markdown(res: dict) -> str:
     ]
     if "pipeline" in res:
         p = res["pipeline"]
-        lines += ["", f"Pipeline smoke (dvc exp run, CPU 224-px preset): exit {p['rc']} in {p['wall_s']} s; "
+        lines += ["", f"Pipeline smoke (dvc exp run, CPU 224-px preset, {p.get('images')} images, one epoch): exit "
+                  f"{p['rc']} in {p['wall_s']} s; "
                   f"registered: {p['registered']}; pretrain {p.get('pretrain')}."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -229,8 +231,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="loader workers (both loaders)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--loader-images", type=int, default=4000, help="images timed per loader")
-    ap.add_argument("--pipeline", action="store_true", help="also the dvc exp run smoke (smallest folder)")
+    ap.add_argument("--pipeline", action="store_true", help="also the dvc exp run smoke (one epoch)")
+    ap.add_argument("--pipeline-size", type=int, default=None,
+                    help="folder size of the smoke, one of --sizes (default: the largest)")  # fmt: skip
     args = ap.parse_args()
+    sizes = sorted(args.sizes)
+    size = args.pipeline_size or sizes[-1]
+    if size not in sizes:
+        ap.error(f"--pipeline-size {size} is not one of --sizes {sizes}")
     torch.set_num_threads(1)
     args.work.mkdir(parents=True, exist_ok=True)
     res: dict = {"host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
@@ -251,7 +259,7 @@ def main() -> None:
     res["loader"] = bench_loaders(folder, d / "data/shards/train", args.workers, args.batch, limit)
     res["tar"] = bench_tar(d / "data/shards/train")
     if args.pipeline:
-        res["pipeline"] = pipeline_smoke(args.work, dirs[0][0], batch=16)
+        res["pipeline"] = pipeline_smoke(args.work, dirs[sizes.index(size)][0], batch=32) | {"images": size}
     (args.work / "photos.json").write_text(json.dumps(res, indent=2) + "\n")
     print(markdown(res))
 
