@@ -238,6 +238,8 @@ class EvalParams(_Section):
     random_init_seed: int = 0
     crop_ratio: float = Field(0.875, gt=0.0, le=1.0, description="eval resize + centre crop of images not "
                               "already model-sized: shorter side to img_size / crop_ratio (256 -> 224)")  # fmt: skip
+    raw_pixels_size: int | None = Field(32, ge=1, description="raw-pixel baseline: images larger than this are "
+                                        "area-averaged to this square first (null: full resolution)")  # fmt: skip
 
 
 class RegisterParams(_Section):

@@ -1,7 +1,7 @@
 """DVC stage `features`: frozen features of the target encoder, its snapshots and the baselines.
 
 Reads params `eval` (last_layers, batch_size, precision, device, max_train, snapshot_max_images,
-subset_seed, random_init_seed, crop_ratio), models/encoder.{safetensors,json}, models/snapshots/,
+subset_seed, random_init_seed, crop_ratio, raw_pixels_size), models/encoder.{safetensors,json}, models/snapshots/,
 data/shards and data/manifest.csv; writes data/features/ (layout: pipeline/eval/features.py), swapped in atomically,
 reports/features.json (what was extracted) and reports/timings/features.json (wall time, encoder
 images/s), so a re-extraction with the same inputs leaves data/features and the report byte-identical.
@@ -39,7 +39,7 @@ def main(params_path: str = "params.yaml") -> int:
             ENCODER, SHARDS, OUT, manifest=MANIFEST, snapshots_dir=SNAPSHOTS, last_layers=p.last_layers,
             batch_size=p.batch_size, random_init_seed=p.random_init_seed, max_train=p.max_train,
             snapshot_max_images=p.snapshot_max_images, subset_seed=p.subset_seed, precision=p.precision,
-            device=p.device, crop_ratio=p.crop_ratio,
+            device=p.device, crop_ratio=p.crop_ratio, raw_pixels_size=p.raw_pixels_size,
         )  # fmt: skip
     except (ParamsError, NoSpaceError, FileNotFoundError, ValueError) as exc:
         print(f"features: error: {exc}", file=sys.stderr)

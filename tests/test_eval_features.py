@@ -92,3 +92,16 @@ def test_feature_set_roundtrip_and_checks(tmp_path: Path) -> None:
         back.select_keys(["zz"])
     with pytest.raises(ValueError, match="disagree"):
         FeatureSet(np.zeros((3, 2)), [0, 1], ["a", "b", "c"])
+
+
+def test_raw_pixels_of_large_images_are_area_averaged_to_a_tiny_image() -> None:
+    from pipeline.eval.features import raw_pixels
+
+    x = torch.rand(2, 3, 224, 224)
+    tiny = raw_pixels(x, 32)
+    assert tiny.shape == (2, 3 * 32 * 32)  # not 150,528 dims per image
+    block = x[0, 1, 7:14, 21:28].mean()  # output pixel (1, 3) of channel 1 = the mean of its 7x7 block
+    assert torch.allclose(tiny.view(2, 3, 32, 32)[0, 1, 1, 3], block, atol=1e-6)
+    small = torch.rand(2, 1, 28, 28)
+    assert torch.equal(raw_pixels(small, 32), small.flatten(1))  # Fashion-MNIST: as stored
+    assert torch.equal(raw_pixels(x, None), x.flatten(1))

@@ -109,3 +109,7 @@ def test_mixed_size_shards_evaluate_with_a_centre_crop(photos: Path, tmp_path: P
     feats = np.load(run / "features/encoder/test.npz")
     assert feats["features"].shape == (len(expected), 32) and np.isfinite(feats["features"]).all()
     assert list(feats["keys"]) == expected
+    assert "raw_pixels_size" not in index and index["sets"]["raw_pixels"]["dim"] == 3 * 32 * 32  # 32 px: as is
+    small, _ = build_cache(run / "models/encoder.safetensors", run / "data/shards", run / "features16",
+                           manifest=run / "data/manifest.csv", batch_size=8, raw_pixels_size=16)  # fmt: skip
+    assert small["raw_pixels_size"] == 16 and small["sets"]["raw_pixels"]["dim"] == 3 * 16 * 16

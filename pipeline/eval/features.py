@@ -5,7 +5,9 @@ Owns the feature definition of the evaluation protocol (DESIGN.md §4) and the `
 - encoder features: the frozen **target** encoder on inputs normalised with `encoder.json`'s
   `normalization`; average pool of the last layer's patch tokens (after the final LayerNorm), or the
   concatenation of the last `last_layers` layers' pools, each passed through the final LayerNorm;
-- raw-pixel features: the same normalised pixels, flattened (a baseline, no network).
+- raw-pixel features: the same normalised pixels, flattened (a baseline, no network); images larger than
+  `raw_pixels_size` (eval param, 32) are first area-averaged to that square, the classic "tiny images"
+  baseline, so a 224-px RGB set holds 3,072 dims per image instead of 150,528 (Fashion-MNIST: as stored).
 
 Cache layout (written by stage `features`, read by `eval_linear` / `eval_lowshot`)::
 
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -102,11 +105,21 @@ class FeatureSet:
 
 @dataclass
 class Extractor:
-    """One feature source: `model=None` means raw pixels; `keep` restricts it to a subset of keys."""
+    """One feature source: `model=None` means raw pixels (area-averaged to `raw_size` when larger);
+    `keep` restricts it to a subset of keys."""
 
     name: str
     model: nn.Module | None = None
     keep: frozenset[str] | None = None
+    raw_size: int | None = None
+
+
+def raw_pixels(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Flattened pixels [B, C*H*W] of images [B, C, H, W]; images larger than `size` are area-averaged
+    to `size` x `size` first (None: as they are)."""
+    if size is not None and max(x.shape[-2:]) > size:
+        x = F.adaptive_avg_pool2d(x, (size, size))
+    return x.flatten(1)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -191,7 +204,7 @@ def extract(
                     continue
                 xb = x if len(rows) == len(labels) else x[torch.from_numpy(rows).to(device)]
                 if ex.model is None:
-                    feats = xb.flatten(1)
+                    feats = raw_pixels(xb, ex.raw_size)
                 else:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                         feats = pooled_features(ex.model, xb, last_layers)
@@ -288,6 +301,7 @@ def build_cache(
     precision: str = "auto",
     device: str = "auto",
     crop_ratio: float = 0.875,
+    raw_pixels_size: int | None = 32,
 ) -> tuple[dict, dict]:
     """Extract every cached set (module docstring) from the shards and write `out_dir`.
 
@@ -296,7 +310,8 @@ def build_cache(
     re-extraction; the timing (`wall_s`, `encoder_images`, `encoder_images_per_s`) is returned apart.
 
     `max_train` caps the train split of every set (seeded, class-stratified, same keys for all sets);
-    `crop_ratio`: the resize + centre crop of images not already the encoder's size (module docstring).
+    `crop_ratio`: the resize + centre crop of images not already the encoder's size (module docstring);
+    `raw_pixels_size`: the side the raw-pixel baseline is area-averaged to when images are larger.
     `snapshot_max_images` caps each split of the snapshot sets (a subset of the sets' keys), so the
     accuracy-vs-step curve costs a fraction of a full extraction. Subsets need the manifest.
     `shards_root`: the folder of {train,val,test}/*.tar, or its URL in object storage; `IJEPA_SHARD_URL`,
@@ -322,7 +337,7 @@ def build_cache(
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     base = [Extractor("encoder", encoder), Extractor("random_init", random_encoder(meta, random_init_seed)),
-            Extractor("raw_pixels")]  # fmt: skip
+            Extractor("raw_pixels", raw_size=raw_pixels_size)]  # fmt: skip
     snap_models = [load_encoder(Path(snapshots_dir) / s["file"]) for s in snapshots]  # type: ignore[arg-type]
     sets: dict[str, dict[str, FeatureSet]] = {}
     split_sizes: dict[str, int] = {}
@@ -338,7 +353,7 @@ def build_cache(
             snap_keep = subset_keys(keys, labels, snapshot_max_images, subset_seed + 1)
             if snap_keep is None:
                 snap_keep = keep
-        extractors = [Extractor(e.name, e.model, keep) for e in base]
+        extractors = [Extractor(e.name, e.model, keep, e.raw_size) for e in base]
         extractors += [Extractor(s["set"], m, snap_keep) for s, m in zip(snapshots, snap_models, strict=True)]
         total = -(-len(keep or split_rows) // batch_size) if split_rows is not None else None
         batches = split_batches(remote.join(shards_root, split), batch_size, keep, img_size=img_size,
@@ -365,6 +380,8 @@ def build_cache(
     }
     if rows is None or any((r["width"], r["height"]) != (str(img_size),) * 2 for r in rows):
         index["eval_crop"] = {"size": img_size, "ratio": crop_ratio}  # only where images were resized
+    if raw_pixels_size is not None and img_size > raw_pixels_size:
+        index["raw_pixels_size"] = raw_pixels_size  # only where the raw baseline was downsampled
     write_cache(out_dir, sets, index)
     timing = {"wall_s": round(wall, 3), "encoder_images": images, "encoder_images_per_s": round(images / wall, 1)}
     return index, timing
