@@ -48,9 +48,9 @@ def file_digests(
     progress: Callable[[int], None] | None = None,
 ) -> list[str | CorruptImageError]:
     """`source_digest` of every file (in order), in `workers` processes; failures returned, not raised."""
-    jobs = [(str(root / rel), rel, mode) for rel in rels]
+    jobs = ((str(root / rel), rel, mode) for rel in rels)  # lazily: one path string in flight, not N
     workers = workers or os.cpu_count() or 1
-    if workers <= 1 or len(jobs) < 64:
+    if workers <= 1 or len(rels) < 64:
         out = []
         for job in jobs:
             out.append(_digest_job(job))

@@ -51,7 +51,7 @@ class SourceError(RuntimeError):
     """The source dataset is missing or malformed (a problem with the whole source)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceItem:
     """One image of the source: a stable id, its label and a loader returning a PIL image; file
     sources also give `read` (the image plus the file's bytes when they are exactly that image)."""
@@ -275,13 +275,26 @@ def _drop_empty_classes(
     return [classes[i] for i in kept], [(rel, relabel[label]) for rel, label in files]
 
 
+class _FileReader:
+    """`read_image` of one file of the folder, as a small picklable callable: a source holds one per
+    image (a million for ImageNet), so it keeps the shared root and params by reference and builds the
+    path only when called (slotted: 0.27 KB per image with its `SourceItem`, not 0.75 KB: a test)."""
+
+    __slots__ = ("params", "rel", "root")
+
+    def __init__(self, root: Path, rel: str, params: DataParams) -> None:
+        self.root, self.rel, self.params = root, rel, params
+
+    def __call__(self) -> StoredImage:
+        return read_image(self.root / self.rel, self.rel, self.params)
+
+    def image(self) -> Image.Image:
+        return self().image
+
+
 def _file_item(root: Path, rel: str, label: int, params: DataParams) -> SourceItem:
-    read = functools.partial(read_image, root / rel, rel, params)
-    return SourceItem(rel, label, functools.partial(_image_of, read), read)
-
-
-def _image_of(read: Callable[[], StoredImage]) -> Image.Image:
-    return read().image
+    reader = _FileReader(root, rel, params)
+    return SourceItem(rel, label, reader.image, reader)
 
 
 def _dedup_files(
