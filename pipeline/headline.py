@@ -29,12 +29,14 @@ from typing import Any
 from pipeline.config import RegisterParams
 
 HEADLINE = Path("reports/headline.json")
-REPORTS = {
+STAGE_REPORTS = {  # every stage report a run leaves (the registry entry reads them all)
+    "shard": Path("reports/shard.json"),
     "validation": Path("reports/validation.json"),
     "pretrain": Path("reports/pretrain.json"),
     "eval_linear": Path("reports/eval_linear.json"),
     "eval_lowshot": Path("reports/eval_lowshot.json"),
 }
+REPORTS = {name: path for name, path in STAGE_REPORTS.items() if name != "shard"}  # what the headline reads
 GROUPS = (("encoder", ""), ("random", "baseline.random."), ("raw", "baseline.raw."))
 PREFERRED = {"knn": 10, "shot": 10, "pct": 1}
 

@@ -34,7 +34,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -353,7 +353,7 @@ def build_cache(
             snap_keep = subset_keys(keys, labels, snapshot_max_images, subset_seed + 1)
             if snap_keep is None:
                 snap_keep = keep
-        extractors = [Extractor(e.name, e.model, keep, e.raw_size) for e in base]
+        extractors = [replace(e, keep=keep) for e in base]
         extractors += [Extractor(s["set"], m, snap_keep) for s, m in zip(snapshots, snap_models, strict=True)]
         total = -(-len(keep or split_rows) // batch_size) if split_rows is not None else None
         batches = split_batches(remote.join(shards_root, split), batch_size, keep, img_size=img_size,

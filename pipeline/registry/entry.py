@@ -26,6 +26,7 @@ from typing import Any
 from pipeline.atomic import write_text_atomic
 from pipeline.config import RegisterParams
 from pipeline.figures import card_figures
+from pipeline.headline import STAGE_REPORTS
 from pipeline.registry.card import model_card
 from pipeline.registry.gate import GateCheck, GateFailed, evaluate_gate
 from pipeline.registry.records import (
@@ -45,13 +46,7 @@ RUN = Path("reports/timings/register.json")
 CARD = Path("registry/model_card.md")
 ENCODER = Path("models/encoder.safetensors")
 ENCODER_META = Path("models/encoder.json")
-REPORTS = {
-    "shard": Path("reports/shard.json"),
-    "validation": Path("reports/validation.json"),
-    "pretrain": Path("reports/pretrain.json"),
-    "eval_linear": Path("reports/eval_linear.json"),
-    "eval_lowshot": Path("reports/eval_lowshot.json"),
-}
+REPORTS = STAGE_REPORTS
 PARAM_SECTIONS = ("data", "model", "mask", "train", "eval")
 SHARDS, MANIFEST = "data/shards", "data/manifest.csv"
 
