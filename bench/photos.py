@@ -123,17 +123,24 @@ def _rate(batches, limit: int) -> float:  # noqa: ANN001
 
 
 def bench_loaders(folder: Path, shards: Path, workers: int, batch: int, limit: int) -> dict:
+    """Images/s of our shard loader (uint8 batches, the crop in the workers: what pretraining runs) vs
+    torchvision's ImageFolder on the original JPEGs with RandomResizedCrop(224), both as users write it
+    (ToTensor: float batches) and with PILToTensor (uint8 batches, like ours); same workers and batch."""
     from torch.utils.data import DataLoader
     from torchvision import datasets
     from torchvision import transforms as T
 
     ours = train_loader(shards, batch, seed=0, num_workers=workers, transform=RandomResizedCrop(224, (0.3, 1.0)))
-    tf = T.Compose([T.RandomResizedCrop(224, scale=(0.3, 1.0)), T.ToTensor()])
-    folder_ds = datasets.ImageFolder(str(folder), transform=tf)
-    theirs = DataLoader(folder_ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
-    ours_rate, theirs_rate = _rate(ours, limit), _rate(theirs, limit)
-    return {"workers": workers, "batch": batch, "ours_images_per_s": ours_rate, "imagefolder_images_per_s": theirs_rate,
-            "ratio": round(ours_rate / theirs_rate, 2),
+    rates = {"ours_images_per_s": _rate(ours, limit)}
+    for name, to_tensor in (("imagefolder", T.ToTensor()), ("imagefolder_uint8", T.PILToTensor())):
+        tf = T.Compose([T.RandomResizedCrop(224, scale=(0.3, 1.0)), to_tensor])
+        folder_ds = datasets.ImageFolder(str(folder), transform=tf)
+        theirs = DataLoader(folder_ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
+        rates[f"{name}_images_per_s"] = _rate(theirs, limit)
+    ours_rate = rates["ours_images_per_s"]
+    return {"workers": workers, "batch": batch, **rates,
+            "ratio": round(ours_rate / rates["imagefolder_images_per_s"], 2),
+            "ratio_uint8": round(ours_rate / rates["imagefolder_uint8_images_per_s"], 2),
             "ours_per_worker": round(ours_rate / max(workers, 1), 1)}  # fmt: skip
 
 
@@ -210,7 +217,9 @@ def markdown(res: dict) -> str:
     lo = res["loader"]
     lines += ["", f"Loader, {lo['workers']} workers, batch {lo['batch']}, RandomResizedCrop(224, 0.3-1): our shards "
               f"{lo['ours_images_per_s']} images/s, torchvision ImageFolder on the same JPEGs "
-              f"{lo['imagefolder_images_per_s']} images/s: **{lo['ratio']}x** (target ≥ 1.5x)."]  # fmt: skip
+              f"{lo['imagefolder_images_per_s']} images/s with ToTensor: **{lo['ratio']}x** (target ≥ 1.5x); "
+              f"with PILToTensor (uint8 like ours) {lo.get('imagefolder_uint8_images_per_s', '—')} images/s: "
+              f"{lo.get('ratio_uint8', '—')}x."]  # fmt: skip
     t = res["tar"]
     lines += [
         f"Tar reading, one shard ({t['members']} members): webdataset {t['webdataset_s']} s, ours {t['ours_s']} s."

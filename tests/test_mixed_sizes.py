@@ -70,7 +70,7 @@ def test_worker_crops_batch_mixed_sizes_and_are_seeded(photos: Path) -> None:
         return [images for images, _ in loader]
 
     first = batches(0, 0)
-    assert first and all(b.shape == (8, 3, 32, 32) and b.dtype == torch.float32 for b in first)
+    assert first and all(b.shape == (8, 3, 32, 32) and b.dtype == torch.uint8 for b in first)
     assert all(torch.equal(a, b) for a, b in zip(first, batches(0, 0), strict=True))
     assert not torch.equal(first[0], batches(0, 1)[0]) and not torch.equal(first[0], batches(1, 0)[0])
     with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):

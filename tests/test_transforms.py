@@ -70,6 +70,7 @@ def test_train_transform_and_batch_normalisation() -> None:
     norm = BatchTransform(28, [0.5], [0.25])
     x = img[None].float().div(255.0)
     assert torch.equal(norm(x, 0), (x - 0.5) / 0.25)
+    assert torch.equal(norm(img[None], 0), (x - 0.5) / 0.25)  # the loader's uint8 batch: scaled here, same bits
     with pytest.raises(ValueError, match="30x30.*28x28"):
         norm(torch.zeros(2, 1, 30, 30))
     with pytest.raises(ValueError, match="channels"):

@@ -214,10 +214,17 @@ class _SeededTransform(wds.PipelineStage):
 
 
 def default_collate(samples: list) -> Batch:
-    """Stack decoded samples into (float images in [0,1], labels)."""
-    images = torch.stack([s[0] for s in samples]).float().div_(255.0)
+    """Stack decoded samples into (uint8 images as stored, labels). The batch crosses the worker → main
+    process boundary (and the host → GPU copy) as uint8, a quarter of float32's bytes; the consumer
+    scales it (`pipeline.ijepa.augment.BatchTransform`, or `to_unit_float`)."""
+    images = torch.stack([s[0] for s in samples])
     labels = torch.tensor([s[1] for s in samples], dtype=torch.long)
     return images, labels
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images → float32 in [0, 1] (float input is returned as it is)."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 
 def train_loader(
@@ -239,8 +246,8 @@ def train_loader(
 
     `transform(uint8 image, generator) -> uint8 image` runs per sample in the workers (needed when
     the stored images are not all of one size); `collate_fn` receives a list of (image, label, key)
-    with uint8 images (the default gives float images in [0,1] and labels): the hook for the mask
-    collator. `part=(k, K)`: read only data part k of K (`part_shards`), drawn with replacement
+    with uint8 images (the default gives uint8 images and labels: `to_unit_float` scales them): the hook
+    for the mask collator. `part=(k, K)`: read only data part k of K (`part_shards`), drawn with replacement
     and seeded by k in place of the DDP rank, so that what a part yields does not depend on which
     process reads it (multi-node training, pipeline/data/parts.py); needs `epoch_batches`.
     """
@@ -334,4 +341,4 @@ def eval_loader(
     `transform(uint8 image, None) -> uint8 image` per sample (the evaluation resize + centre crop)."""
     dataset = _OrderedBatches(list_shards(shard_dir), batch_size, keep, transform)
     for images, labels, keys in DataLoader(dataset, batch_size=None, num_workers=num_workers):
-        yield images.float().div_(255.0), labels, keys
+        yield to_unit_float(images), labels, keys

@@ -56,7 +56,7 @@ def part_batches(
     num_workers: int = 0,
     transform: SampleTransform | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images in [0,1], labels) of one process: `batch_size` images per batch, `batch_size / len(parts)`
+    """(uint8 images, labels) of one process: `batch_size` images per batch, `batch_size / len(parts)`
     from each of its parts, concatenated in part order; `epoch_batches` batches per data epoch."""
     share = batch_size // len(parts)
     opts = {"seed": seed, "epoch": epoch, "num_workers": num_workers, "epoch_batches": epoch_batches}

@@ -7,8 +7,8 @@
   loader, so a resumed run that replays the stream position sees exactly the same crops. Without a
   scale, images not already model-sized get a resize (shorter side) + centre crop; model-sized
   images pass through untouched.
-- `BatchTransform`: a batch in [0, 1] → `(x - mean) / std` in float32 on the batch's device (the
-  arithmetic of the evaluation features, pipeline/eval/features.py).
+- `BatchTransform`: a uint8 batch (as the loader delivers it) scaled to [0, 1], then `(x - mean) / std`
+  in float32 on the batch's device (the arithmetic of the evaluation features, pipeline/eval/features.py).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ def train_transform(size: int, scale: Sequence[float] | None) -> RandomResizedCr
 
 
 class BatchTransform:
-    """Images in [0, 1], already `size`×`size` (the loader's sample transform) → normalised by `mean`/`std`."""
+    """uint8 images (or float in [0, 1]), already `size`×`size` (the loader's sample transform) → in [0, 1],
+    normalised by `mean`/`std`."""
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         if len(mean) != len(std) or any(s <= 0 for s in std):
@@ -45,6 +46,6 @@ class BatchTransform:
                 f"batch images are {h}x{w}, the model wants {self.size}x{self.size}: give the loader the "
                 f"sample transform `train_transform(size, augment_scale)` (pipeline/ijepa/augment.py)"
             )
-        images = images.float()
+        images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
         mean, std = self.mean.to(images.device), self.std.to(images.device)
         return (images - mean) / std
