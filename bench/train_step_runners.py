@@ -28,7 +28,7 @@ from torch import nn
 from pipeline.config import MaskParams, ModelParams, TrainParams, load_section
 from pipeline.ijepa.masks import MultiBlockMaskCollator
 from pipeline.ijepa.model import IJEPA
-from pipeline.ijepa.objective import add_regularisers, jepa_loss, masked_mean
+from pipeline.ijepa.objective import jepa_loss, masked_mean, variance_covariance
 from pipeline.ijepa.precision import autocast
 
 PARTS = ("masks", "target_fwd", "context_fwd", "predictor_loss", "backward", "optimizer", "ema")
@@ -126,9 +126,9 @@ class OursRunner:
 
     def _loss(self, pred: torch.Tensor, target: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         tp, loss = self.train, jepa_loss(pred, target, self.train.loss)
-        if tp.var_weight > 0 or tp.cov_weight > 0 or tp.mean_weight > 0:  # as IJEPA.forward
-            pooled = masked_mean(z, self.masks.context_valid)
-            loss, _ = add_regularisers(loss, pooled, tp.var_weight, tp.cov_weight, tp.mean_weight)
+        if tp.var_weight > 0 or tp.cov_weight > 0:  # as IJEPA.forward
+            var, cov = variance_covariance(masked_mean(z, self.masks.context_valid))
+            loss = loss + tp.var_weight * var + tp.cov_weight * cov
         return loss
 
     def parts(self, step: int) -> Iterator[str]:
@@ -138,8 +138,7 @@ class OursRunner:
         with autocast(self.device, self.precision):
             if self.compiled is not None:
                 loss, _ = self.compiled(x, masks, loss=tp.loss, stats=False, var_weight=tp.var_weight,
-                                        cov_weight=tp.cov_weight, target_norm=tp.target_norm,
-                                        mean_weight=tp.mean_weight)  # fmt: skip
+                                        cov_weight=tp.cov_weight, target_norm=tp.target_norm)  # fmt: skip
                 yield "forward"
             else:
                 _, target = m.target_representations(x, masks, tp.target_norm)

@@ -186,10 +186,6 @@ class TrainParams(_Section):
     )
     var_weight: float = Field(0.05, ge=0.0, description="VICReg variance hinge on pooled context features (0: off)")
     cov_weight: float = Field(0.05, ge=0.0, description="VICReg covariance penalty on pooled context features (0: off)")
-    mean_weight: float = Field(
-        0.0, ge=0.0, description="penalty on the common share ||batch mean||^2 / mean ||row||^2 of the pooled "
-        "context features: centres the features (0: off)",
-    )  # fmt: skip
     augment_scale: Range | None = Field(
         None, description="random-resized-crop area range (aspect 3/4-4/3) from the full stored image to "
         "model.img_size, in the loader workers; None: no crop (a resize + centre crop when not model-sized)",

@@ -332,38 +332,3 @@ def test_whitened_targets_have_unit_variance_in_every_direction():
     assert float(white.max()) < 1.0 + 1e-3 and float(raw.max() / raw[above].min()) > 10  # raw: far from white
     _, picked = model.target_representations(x, m, "whiten")
     assert torch.allclose(picked, gather_tokens(w, m.targets), atol=1e-5)
-
-
-def test_mean_share_penalty_is_the_common_share_and_centres_the_features():
-    from pipeline.collapse import common_share
-    from pipeline.ijepa.objective import add_regularisers, mean_share
-
-    x = torch.randn(64, 8) + 3.0
-    assert float(mean_share(x)) == pytest.approx(common_share(x), rel=1e-5)
-    assert float(mean_share(torch.ones(5, 4))) == pytest.approx(1.0)
-    assert float(mean_share(x - x.mean(0))) < 1e-10
-    # the gradient flows through the mean only (the same for every row: it centres, it cannot be lowered
-    # by inflating the variance), and a step along it lowers the share
-    y = x.clone().requires_grad_(True)
-    mean_share(y).backward()
-    expected = 2 * x.mean(0) / (x.shape[0] * x.square().sum(1).mean())
-    assert torch.allclose(y.grad, expected.expand_as(x), rtol=1e-4)
-    assert float(mean_share(x - 10.0 * y.grad)) < float(mean_share(x))
-    base = torch.tensor(0.25)
-    assert add_regularisers(base, x) == (base, {})  # every weight 0: nothing added
-    value, parts = add_regularisers(base, x, mean_weight=0.5)
-    assert set(parts) == {"reg_mean"} and float(value) == pytest.approx(0.25 + 0.5 * float(mean_share(x)))
-
-
-def test_mean_weight_adds_the_penalty_of_the_pooled_context_features():
-    from pipeline.ijepa.objective import masked_mean, mean_share
-
-    model = IJEPA(TINY)
-    x = torch.randn(8, 1, 16, 16)
-    m = _masks(TINY, 8)
-    plain, _ = model(x, m, stats=False)
-    with_mean, stats = model(x, m, mean_weight=2.0)
-    with torch.no_grad():
-        share = mean_share(masked_mean(model.encode_context(x, m), m.context_valid))
-    assert float(share) > 0.01 and stats["reg_mean"] == pytest.approx(float(share), rel=1e-5)
-    assert float(with_mean) == pytest.approx(float(plain) + 2.0 * float(share), rel=1e-5)

@@ -34,7 +34,7 @@ from pipeline.ijepa.layers import (
     sincos_pos_embed,
 )
 from pipeline.ijepa.masks import Masks
-from pipeline.ijepa.objective import add_regularisers, batch_standardize, batch_whiten, jepa_loss, masked_mean
+from pipeline.ijepa.objective import batch_standardize, batch_whiten, jepa_loss, masked_mean, variance_covariance
 
 
 class VisionTransformerEncoder(nn.Module):
@@ -280,20 +280,20 @@ class IJEPA(nn.Module):
         var_weight: float = 0.0,
         cov_weight: float = 0.0,
         target_norm: str = "layer",
-        mean_weight: float = 0.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss averaged over all target patches and blocks, plus (when its weights are > 0) the
-        regularisers of the pooled context features (`objective.add_regularisers`: VICReg variance/covariance,
-        common share), over the global batch: gathered from every rank, so a DDP run equals one process
-        with the same global batch. `stats=False` skips the monitors."""
+        variance/covariance regulariser of the pooled context features (`variance_covariance`), over the
+        global batch: gathered from every rank, so a DDP run equals one process with the same global batch.
+        `stats=False` skips the monitors."""
         h, target = self.target_representations(images, masks, target_norm)
         z = self.encode_context(images, masks)
         pred = self.predict(images, masks, z)
         value = jepa_loss(pred, target, loss)
         reg: dict[str, torch.Tensor] = {}
-        if var_weight > 0 or cov_weight > 0 or mean_weight > 0:
-            pooled = gather_rows(masked_mean(z, masks.context_valid))  # the global batch
-            value, reg = add_regularisers(value, pooled, var_weight, cov_weight, mean_weight)
+        if var_weight > 0 or cov_weight > 0:
+            var, cov = variance_covariance(gather_rows(masked_mean(z, masks.context_valid)))  # global batch
+            value = value + var_weight * var + cov_weight * cov
+            reg = {"reg_var": var.detach(), "reg_cov": cov.detach()}
         out: dict[str, float] = {}
         if stats:
             with torch.no_grad():

@@ -1,6 +1,5 @@
 """The training objective's parts: the JEPA regression loss, the target normalisations across the batch
-(`train.target_norm`) and the regularisers of the pooled context features: VICReg's variance/covariance
-anti-collapse terms (`train.var_weight/cov_weight`) and the common-share penalty (`train.mean_weight`)."""
+(`train.target_norm`) and VICReg's variance/covariance anti-collapse terms (`train.var_weight/cov_weight`)."""
 
 from __future__ import annotations
 
@@ -70,35 +69,3 @@ def variance_covariance(
     cov = (x.T @ x) / max(n - 1, 1)
     off = cov - torch.diag(torch.diagonal(cov))
     return var, (off * off).sum() / d
-
-
-def mean_share(feats: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """||batch mean||^2 / mean(||row||^2) of [B, D] features, in fp32: the share of their energy that every
-    image has in common (`pipeline.collapse.common_share`). Penalising it centres the features (DINO
-    centres its teacher outputs for the same reason): the constant that rides on every layer-normed
-    token otherwise dominates uncentred cosine similarities. The gradient flows through the mean only:
-    through the energy too, the penalty is also lowered by inflating a few directions' variance (measured:
-    effective rank 51 -> 14, bench/tuning.md session 6)."""
-    x = feats.float()
-    return x.mean(0).square().sum() / x.detach().square().sum(1).mean().clamp_min(eps)
-
-
-def add_regularisers(
-    value: torch.Tensor,
-    pooled: torch.Tensor,
-    var_weight: float = 0.0,
-    cov_weight: float = 0.0,
-    mean_weight: float = 0.0,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`value` plus the weighted regularisers of pooled [B, D] context features (only those whose weight
-    is > 0), and their unweighted values for the log (`reg_var`, `reg_cov`, `reg_mean`)."""
-    parts: dict[str, torch.Tensor] = {}
-    if var_weight > 0 or cov_weight > 0:
-        var, cov = variance_covariance(pooled)
-        value = value + var_weight * var + cov_weight * cov
-        parts.update(reg_var=var.detach(), reg_cov=cov.detach())
-    if mean_weight > 0:
-        share = mean_share(pooled)
-        value = value + mean_weight * share
-        parts["reg_mean"] = share.detach()
-    return value, parts

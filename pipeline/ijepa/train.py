@@ -130,7 +130,6 @@ def train_step(
             var_weight=tr.params.var_weight,
             cov_weight=tr.params.cov_weight,
             target_norm=tr.params.target_norm,
-            mean_weight=tr.params.mean_weight,
         )
     tr.optimizer.zero_grad(set_to_none=True)
     loss.backward()
