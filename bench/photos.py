@@ -218,8 +218,8 @@ def markdown(res: dict) -> str:
     lines += ["", f"Loader, {lo['workers']} workers, batch {lo['batch']}, RandomResizedCrop(224, 0.3-1): our shards "
               f"{lo['ours_images_per_s']} images/s, torchvision ImageFolder on the same JPEGs "
               f"{lo['imagefolder_images_per_s']} images/s with ToTensor: **{lo['ratio']}x** (target ≥ 1.5x); "
-              f"with PILToTensor (uint8 like ours) {lo.get('imagefolder_uint8_images_per_s', '—')} images/s: "
-              f"{lo.get('ratio_uint8', '—')}x."]  # fmt: skip
+              f"with PILToTensor (uint8 like ours) {lo['imagefolder_uint8_images_per_s']} images/s: "
+              f"{lo['ratio_uint8']}x."]  # fmt: skip
     t = res["tar"]
     lines += [
         f"Tar reading, one shard ({t['members']} members): webdataset {t['webdataset_s']} s, ours {t['ours_s']} s."

@@ -31,7 +31,9 @@ def test_train_loader_covers_the_split_once_per_epoch(shards: Path, workers: int
     images, labels, n = None, [], 0
     for images, batch_labels in loader:
         assert images.dtype == torch.uint8 and images.shape[1:] == (1, 28, 28)  # scaled by the consumer
-        assert torch.equal(to_unit_float(images), images.float() / 255.0)
+        assert int(images.max()) > 1  # stored pixel values, not already scaled to [0, 1]
+        unit = to_unit_float(images)
+        assert unit.dtype == torch.float32 and float(unit.max()) <= 1.0 and to_unit_float(unit) is unit
         labels += batch_labels.tolist()
         n += len(batch_labels)
     manifest = [r for r in read_manifest(shards / "manifest.csv") if r["split"] == "train"]
