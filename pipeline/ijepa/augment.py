@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from pipeline.data.loader import to_unit_float
 from pipeline.data.transforms import CenterCrop, RandomResizedCrop
 
 
@@ -46,6 +47,6 @@ class BatchTransform:
                 f"batch images are {h}x{w}, the model wants {self.size}x{self.size}: give the loader the "
                 f"sample transform `train_transform(size, augment_scale)` (pipeline/ijepa/augment.py)"
             )
-        images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+        images = to_unit_float(images).float()
         mean, std = self.mean.to(images.device), self.std.to(images.device)
         return (images - mean) / std
