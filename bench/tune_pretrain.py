@@ -12,7 +12,7 @@ images, all val and test), and measures what decides whether it learned anything
 - kNN k=10/20 on centred features; the honest 10-shot protocol (C by CV inside the 10 labels per class,
   5 seeds); the linear probe (C on val, test reported); the stages' functions, not copies.
 
-The random-init and raw-pixel baselines are computed once per data/eval setting and cached in
+The random-init and raw-pixel baselines are computed once per data/eval setting and architecture, cached in
 `<out>/baselines-<digest>.json`. One summary line is printed and appended as JSON to
 `<out>/results.jsonl`. Run one at a time: two runs on 2 cores measure the scheduler, not the config.
 """
@@ -32,7 +32,7 @@ from pipeline.eval.features import SPLITS, Extractor, FeatureSet, extract, split
 from pipeline.eval.knn import knn_accuracy
 from pipeline.eval.linear import linear_probe
 from pipeline.eval.lowshot import lowshot_eval
-from pipeline.ijepa.export import load_encoder, random_encoder
+from pipeline.ijepa.export import load_encoder, random_encoder, read_meta
 from pipeline.ijepa.train import RunPaths, pretrain
 
 SHARDS, MANIFEST = Path("data/shards"), Path("data/manifest.csv")
@@ -85,8 +85,10 @@ def quality(splits: dict[str, FeatureSet], ev: EvalParams) -> dict:
 
 
 def probe_encoder(encoder: Path, ev: EvalParams, out_dir: Path) -> dict:
-    """{"encoder": quality row, "random_init": …, "raw_pixels": …} (baselines cached in out_dir)."""
-    digest = hashlib.sha256(MANIFEST.read_bytes() + ev.model_dump_json().encode()).hexdigest()[:12]
+    """{"encoder": quality row, "random_init": …, "raw_pixels": …} (baselines cached in out_dir, keyed by
+    the data, the eval params and the encoder's architecture: the random init is of that architecture)."""
+    arch = json.dumps(read_meta(encoder)["timm_kwargs"], sort_keys=True)
+    digest = hashlib.sha256(MANIFEST.read_bytes() + ev.model_dump_json().encode() + arch.encode()).hexdigest()[:12]
     cache = out_dir / f"baselines-{digest}.json"
     baselines = json.loads(cache.read_text()) if cache.is_file() else None
     sets = feature_sets(encoder, ev, with_baselines=baselines is None)
