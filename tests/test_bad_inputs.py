@@ -17,7 +17,7 @@ from pipeline.data.shards import read_manifest, shard_report, write_shards
 from pipeline.data.sources import load_source
 from pipeline.data.validation import validate_data
 from tests.conftest import dvc, set_params
-from tests.fakes import fake_imagefolder
+from tests.fakes import fake_fashion_mnist, fake_imagefolder
 
 
 def params_for(root: Path, **over: object) -> DataParams:
@@ -98,8 +98,11 @@ def test_a_failed_dvc_shard_run_leaves_no_staging_behind(tiny_project: Path, tmp
 
 
 @pytest.mark.probe("shard-staging")
-def test_an_interrupted_shard_run_leaves_no_staging_behind(tiny_project: Path, fake_fmnist: Path) -> None:
-    set_params(tiny_project, {"data": {"shard_max_count": 4}})  # many small tars: time to interrupt
+def test_an_interrupted_shard_run_leaves_no_staging_behind(tiny_project: Path, tmp_path: Path) -> None:
+    # 10k images in 2,500 small tars: seconds of writing, so the interrupt lands mid-run even when a
+    # loaded machine starves this polling loop (the 800-image fixture once finished before it)
+    big = fake_fashion_mnist(tmp_path / "big-fmnist", n_train=8000, n_test=2000)
+    set_params(tiny_project, {"data": {"root": str(big), "shard_max_count": 4}})
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "stages.shard"], cwd=tiny_project, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
