@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from timm.models.vision_transformer import VisionTransformer
-from tune_pretrain import MANIFEST, SHARDS, quality
+from tune_pretrain import SHARDS, quality, split_subsets
 
 from pipeline.config import EvalParams, load_section
-from pipeline.data.shards import read_manifest
-from pipeline.eval.features import SPLITS, FeatureSet, split_batches, subset_keys
+from pipeline.eval.features import SPLITS, FeatureSet, split_batches
 from pipeline.ijepa.checkpoint import list_checkpoints, load_checkpoint
 from pipeline.ijepa.export import load_encoder, random_encoder
 
@@ -72,14 +71,10 @@ def main() -> None:
     }
     mean = torch.tensor(meta["normalization"]["mean"]).view(1, -1, 1, 1)
     std = torch.tensor(meta["normalization"]["std"]).view(1, -1, 1, 1)
-    rows = read_manifest(MANIFEST)
     parts: dict[str, dict[str, list[np.ndarray]]] = {}
     labels: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
     sample_keys: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for split in SPLITS:
-        split_rows = [r for r in rows if r["split"] == split]
-        keys, ys = [r["key"] for r in split_rows], [int(r["label"]) for r in split_rows]
-        keep = subset_keys(keys, ys, ev.max_train, ev.subset_seed) if split == "train" else None
+    for split, keep in split_subsets(ev):
         with torch.inference_mode():
             for images, y, batch_keys in split_batches(SHARDS / split, ev.batch_size, keep):
                 x = (images.float() - mean) / std

@@ -43,6 +43,18 @@ def section(name: str, cls: type, overrides: dict) -> object:
     return cls(**{**base, **overrides.get(name, {})})
 
 
+def split_subsets(ev: EvalParams) -> list[tuple[str, frozenset[str] | None]]:
+    """(split, kept keys) of the `features` stage: eval.max_train stratified train images (seed
+    eval.subset_seed), all of val and test (None = keep all)."""
+    rows = read_manifest(MANIFEST)
+    out = []
+    for split in SPLITS:
+        split_rows = [r for r in rows if r["split"] == split]
+        keys, labels = [r["key"] for r in split_rows], [int(r["label"]) for r in split_rows]
+        out.append((split, subset_keys(keys, labels, ev.max_train, ev.subset_seed) if split == "train" else None))
+    return out
+
+
 def feature_sets(encoder: Path, ev: EvalParams, with_baselines: bool) -> dict[str, dict[str, FeatureSet]]:
     """{set: {split: FeatureSet}} for the encoder (and the random-init / raw-pixel baselines), on the
     `features` stage's subset of keys (eval.max_train stratified train images, seed eval.subset_seed)."""
@@ -51,12 +63,8 @@ def feature_sets(encoder: Path, ev: EvalParams, with_baselines: bool) -> dict[st
     extractors = [Extractor("encoder", model)]
     if with_baselines:
         extractors += [Extractor("random_init", random_encoder(meta, ev.random_init_seed)), Extractor("raw_pixels")]
-    rows = read_manifest(MANIFEST)
     out: dict[str, dict[str, FeatureSet]] = {}
-    for split in SPLITS:
-        split_rows = [r for r in rows if r["split"] == split]
-        keys, labels = [r["key"] for r in split_rows], [int(r["label"]) for r in split_rows]
-        keep = subset_keys(keys, labels, ev.max_train, ev.subset_seed) if split == "train" else None
+    for split, keep in split_subsets(ev):
         exs = [Extractor(e.name, e.model, keep) for e in extractors]
         norm = meta["normalization"]
         got = extract(split_batches(SHARDS / split, ev.batch_size, keep), exs, norm["mean"], norm["std"],
