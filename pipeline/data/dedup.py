@@ -9,12 +9,12 @@ others; each dropped one is listed as `{"path", "duplicate_of"}` in reports/shar
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.data.images import CorruptImageError, source_digest
+from pipeline.data.workers import ordered_map
 
 
 def first_occurrences(digests: Sequence[str | None]) -> tuple[list[int], list[tuple[int, int]]]:
@@ -48,19 +48,11 @@ def file_digests(
     progress: Callable[[int], None] | None = None,
 ) -> list[str | CorruptImageError]:
     """`source_digest` of every file (in order), in `workers` processes; failures returned, not raised."""
-    jobs = ((str(root / rel), rel, mode) for rel in rels)  # lazily: one path string in flight, not N
     workers = workers or os.cpu_count() or 1
-    if workers <= 1 or len(rels) < 64:
-        out = []
-        for job in jobs:
-            out.append(_digest_job(job))
-            if progress:
-                progress(1)
-        return out
-    with mp.get_context("fork").Pool(workers) as pool:
-        out = []
-        for digest in pool.imap(_digest_job, jobs, chunksize=32):
+    out: list[str | CorruptImageError] = []
+    with ordered_map(lambda i: _digest_job((str(root / rels[i]), rels[i], mode)), len(rels), workers) as digests:
+        for digest in digests:
             out.append(digest)
             if progress:
                 progress(1)
-        return out
+    return out

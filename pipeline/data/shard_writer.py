@@ -2,8 +2,8 @@
 
 - `encode_item`: one source item → the stored bytes (`data.encoding`, pipeline/data/codecs.py) and its
   manifest facts;
-- `ordered_encode`: every item of a split, encoded in `workers` processes and yielded *in order*,
-  with at most a fixed window of chunks in flight (memory does not grow with the split);
+- `encode_split`: every item of a split, encoded in `workers` forked processes and yielded *in
+  order*, a couple of chunks in flight per worker (memory does not grow with the split);
 - `ShardSink`: writes samples straight into consecutive tars of one split, starting a new tar when
   `shard_max_count` or `shard_max_bytes` would be exceeded (the same cut as the in-memory writer had),
   hashing each tar while writing it. Members are written the way `webdataset.TarWriter(mode=0o444,
@@ -18,11 +18,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing as mp
 import os
 import tarfile
-from collections import deque
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -31,10 +30,10 @@ from pipeline.config import DataParams
 from pipeline.data.codecs import encode
 from pipeline.data.images import CorruptImageError
 from pipeline.data.sources import SourceItem
+from pipeline.data.workers import ordered_map
 
 TAR_OVERHEAD = 3 * 1024  # three members, each a 512-byte header plus padding
-CHUNK = 32  # items per worker task
-WINDOW_PER_WORKER = 4  # tasks in flight per worker
+CHUNK = 32  # items per worker message
 
 
 @dataclass
@@ -71,56 +70,12 @@ def encode_item(item: SourceItem, params: DataParams) -> Encoded | CorruptImageE
                    img.mode, kept)  # fmt: skip
 
 
-_WORKER_JOB: tuple[dict[str, list[SourceItem]], DataParams] | None = None
-
-
-def _init_worker(splits: dict[str, list[SourceItem]], params: DataParams) -> None:
-    global _WORKER_JOB
-    _WORKER_JOB = (splits, params)
-
-
-def _encode_range(task: tuple[str, int, int]) -> list[Encoded | CorruptImageError]:
-    split, lo, hi = task
-    assert _WORKER_JOB is not None, "worker not initialised"
-    splits, params = _WORKER_JOB
-    return [encode_item(item, params) for item in splits[split][lo:hi]]
-
-
-class EncoderPool:
-    """`workers` forked processes that inherit the items (nothing is pickled on the way in); with
-    `workers <= 1` everything runs in this process."""
-
-    def __init__(self, splits: dict[str, list[SourceItem]], params: DataParams, workers: int) -> None:
-        self.splits, self.params, self.workers = splits, params, workers
-        self.pool = (
-            mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(splits, params))
-            if workers > 1
-            else None
-        )
-
-    def __enter__(self) -> EncoderPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-
-    def ordered_encode(self, split: str) -> Iterator[Encoded | CorruptImageError]:
-        """Every item of `split` encoded, in order, at most `WINDOW_PER_WORKER` chunks per worker ahead."""
-        items = self.splits[split]
-        if self.pool is None:
-            for item in items:
-                yield encode_item(item, self.params)
-            return
-        pending: deque = deque()
-        window = WINDOW_PER_WORKER * self.workers
-        for lo in range(0, len(items), CHUNK):
-            pending.append(self.pool.apply_async(_encode_range, ((split, lo, min(lo + CHUNK, len(items))),)))
-            if len(pending) >= window:
-                yield from pending.popleft().get()
-        while pending:
-            yield from pending.popleft().get()
+def encode_split(
+    items: list[SourceItem], params: DataParams, workers: int
+) -> AbstractContextManager[Iterator[Encoded | CorruptImageError]]:
+    """`with encode_split(items, params, workers) as encoded:` every item encoded, in order, in
+    `workers` forked processes (pipeline/data/workers.py; 1: in this process)."""
+    return ordered_map(lambda i: encode_item(items[i], params), len(items), workers, CHUNK)
 
 
 class _HashingFile:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from pipeline.atomic import write_json_atomic
 from pipeline.config import DataParams
 from pipeline.data.images import MAX_REPORTED, CorruptImageError, UnusableInputsError
-from pipeline.data.shard_writer import EncoderPool, ShardSink, sample_cost, sample_dict
+from pipeline.data.shard_writer import Encoded, ShardSink, encode_split, sample_cost, sample_dict
 from pipeline.data.sources import SPLITS, SourceDataset
 from pipeline.timings import per_s, timings_path, write_timings
 
@@ -57,6 +57,20 @@ def sample_key(split: str, n: int) -> str:
     return f"{split}-{n:07d}"
 
 
+def _store(enc: Encoded, split: str, sink: ShardSink, rows: csv.DictWriter, result: ShardResult,
+           classes: list[str]) -> None:  # fmt: skip
+    """Append one encoded sample to its split's tars and the manifest, and count it."""
+    key, class_name = sample_key(split, sum(result.count[split].values())), classes[enc.label]
+    shard = sink.add(sample_dict(key, enc, class_name), sample_cost(enc))
+    rows.writerow({
+        "key": key, "split": split, "shard": shard.as_posix(), "label": enc.label, "class_name": class_name,
+        "width": enc.width, "height": enc.height, "mode": enc.mode, "sha256": enc.sha256,
+    })  # fmt: skip
+    result.count[split][class_name] += 1
+    result.stored[enc.ext] += 1
+    result.kept += enc.kept
+
+
 def write_shards(
     dataset: SourceDataset, params: DataParams, out_dir: Path, manifest_path: Path, workers: int | None = None
 ) -> ShardResult:
@@ -81,7 +95,6 @@ def write_shards(
     sink: ShardSink | None = None
     try:
         with (
-            EncoderPool(dataset.splits, params, workers) as pool,
             tqdm(total=total, desc="shard", unit="img", disable=None) as bar,
             open(staging / "manifest.csv.tmp", "w", newline="") as manifest,
         ):
@@ -93,28 +106,20 @@ def write_shards(
                 sink = ShardSink(staging / split, out_dir / split, split, params.shard_max_count,
                                  params.shard_max_bytes)  # fmt: skip
                 result.count[split] = Counter()
-                for enc in pool.ordered_encode(split):
-                    bar.update(1)
-                    if isinstance(enc, CorruptImageError):
-                        if fail:
-                            unusable.append(enc)
-                            if len(unusable) >= MAX_REPORTED:
-                                raise UnusableInputsError(unusable, complete=False)
-                        else:
-                            result.skipped.append({"path": enc.path, "split": split, "reason": enc.reason})
-                        continue
-                    if unusable:  # failing anyway: only look for more unusable inputs
-                        continue
-                    key, class_name = sample_key(split, sum(result.count[split].values())), dataset.classes[enc.label]
-                    shard = sink.add(sample_dict(key, enc, class_name), sample_cost(enc))
-                    rows.writerow({
-                        "key": key, "split": split, "shard": shard.as_posix(), "label": enc.label,
-                        "class_name": class_name, "width": enc.width, "height": enc.height, "mode": enc.mode,
-                        "sha256": enc.sha256,
-                    })  # fmt: skip
-                    result.count[split][class_name] += 1
-                    result.stored[enc.ext] += 1
-                    result.kept += enc.kept
+                with encode_split(dataset.splits[split], params, workers) as encoded:
+                    for enc in encoded:
+                        bar.update(1)
+                        if isinstance(enc, CorruptImageError):
+                            if fail:
+                                unusable.append(enc)
+                                if len(unusable) >= MAX_REPORTED:
+                                    raise UnusableInputsError(unusable, complete=False)
+                            else:
+                                result.skipped.append({"path": enc.path, "split": split, "reason": enc.reason})
+                            continue
+                        if unusable:  # failing anyway: only look for more unusable inputs
+                            continue
+                        _store(enc, split, sink, rows, result, dataset.classes)
                 sink.close()
                 result.shards[split], result.bytes = sink.paths, result.bytes + sink.bytes
                 result.shard_sha256.update(sink.digests)

@@ -24,7 +24,6 @@ samples frame holds small facts per image (no pixels), so memory grows only by t
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import pandas as pd
 
 from pipeline.data.shards import MANIFEST_COLUMNS
 from pipeline.data.validation_read import SAMPLE_FIELDS, ShardRead, pixel_totals, read_shard
+from pipeline.data.workers import ordered_map
 
 
 class ValidationInputError(RuntimeError):
@@ -65,10 +65,8 @@ def shard_ident(path: str | None) -> str | None:
 
 
 def _read_all(jobs: list[tuple[str, str, float, int]], workers: int) -> list[ShardRead]:
-    if workers <= 1 or len(jobs) <= 1:
-        return [read_shard(j) for j in jobs]
-    with mp.get_context("fork").Pool(min(workers, len(jobs))) as pool:
-        return list(pool.imap(read_shard, jobs, chunksize=1))
+    with ordered_map(lambda i: read_shard(jobs[i]), len(jobs), workers, chunk=1) as reads:
+        return list(reads)
 
 
 def _bool_or_none(values: pd.Series, valid: pd.Series) -> pd.Series:
