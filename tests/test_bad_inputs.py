@@ -104,7 +104,11 @@ def test_an_interrupted_shard_run_leaves_no_staging_behind(tiny_project: Path, t
     big = fake_fashion_mnist(tmp_path / "big-fmnist", n_train=8000, n_test=2000)
     set_params(tiny_project, {"data": {"root": str(big), "shard_max_count": 4}})
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.Popen([sys.executable, "-m", "stages.shard"], cwd=tiny_project, env=env,
+    # the stage with SIGINT handled, as under the Prefect runner (flows/dvc_runner.py): this process may
+    # have inherited an *ignored* SIGINT (`make test &`, or DVC's in-process runner), and so would the stage
+    stage = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+             "runpy.run_module('stages.shard', run_name='__main__', alter_sys=True)")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", stage], cwd=tiny_project, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     staging = tiny_project / "data/shards.staging"
     deadline = time.monotonic() + 120
@@ -113,5 +117,6 @@ def test_an_interrupted_shard_run_leaves_no_staging_behind(tiny_project: Path, t
     proc.send_signal(signal.SIGINT)  # what the Prefect runner sends first when it stops a stage
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0, "the stage finished before it could be interrupted"
+    assert "KeyboardInterrupt" in err, err
     assert not staging.exists(), err
     assert not (tiny_project / "data/shards").exists()
