@@ -31,27 +31,28 @@ def test_results_come_in_index_order_for_any_worker_count(workers: int, n: int, 
     assert not _children()
 
 
-def test_a_worker_exception_is_raised_naming_the_items_and_the_cause() -> None:
-    def fn(i: int) -> int:
-        if i == 13:
-            raise ValueError("bad item thirteen")
-        return i
-
-    with pytest.raises(WorkerError, match=r"(?s)items 12\.\.15.*ValueError: bad item thirteen"):  # noqa: PT012
-        with ordered_map(fn, 40, 2, chunk=4) as results:
-            list(results)
-    assert not _children()
+def _raises_at_13(i: int) -> int:
+    if i == 13:
+        raise ValueError("bad item thirteen")
+    return i
 
 
-def test_a_worker_that_dies_is_reported_with_its_exit_code() -> None:
-    def fn(i: int) -> int:
-        if i == 9:
-            os._exit(3)
-        return i
+def _dies_at_9(i: int) -> int:
+    if i == 9:
+        os._exit(3)
+    return i
 
-    with pytest.raises(WorkerError, match=r"died \(exit code 3\) before sending items 8\.\.11"):  # noqa: PT012
-        with ordered_map(fn, 40, 2, chunk=4) as results:
-            list(results)
+
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        (_raises_at_13, r"(?s)failed on items 12\.\.15.*ValueError: bad item thirteen"),
+        (_dies_at_9, r"died \(exit code 3\) before sending items 8\.\.11"),
+    ],
+)
+def test_a_worker_that_raises_or_dies_is_reported_naming_the_items(fn, message: str) -> None:  # noqa: ANN001
+    with pytest.raises(WorkerError, match=message), ordered_map(fn, 40, 2, chunk=4) as results:
+        list(results)
     assert not _children()
 
 
@@ -91,11 +92,10 @@ def test_sigint_while_waiting_raises_keyboardinterrupt_and_leaves_no_worker() ->
     timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
     start = time.monotonic()
     try:
-        with pytest.raises(KeyboardInterrupt):  # noqa: PT012
-            with ordered_map(fn, 100, 2, chunk=2) as results:
-                timer.start()
-                assert [next(results) for _ in range(4)] == [0, 1, 2, 3]
-                list(results)  # blocks on items 4..: the interrupt lands here
+        with pytest.raises(KeyboardInterrupt), ordered_map(fn, 100, 2, chunk=2) as results:  # noqa: PT012
+            timer.start()
+            assert [next(results) for _ in range(4)] == [0, 1, 2, 3]
+            list(results)  # blocks on items 4..: the interrupt lands here
     finally:
         timer.cancel()
         signal.signal(signal.SIGINT, previous)

@@ -3,7 +3,7 @@
 - `encode_item`: one source item → the stored bytes (`data.encoding`, pipeline/data/codecs.py) and its
   manifest facts;
 - `encode_split`: every item of a split, encoded in `workers` forked processes and yielded *in
-  order*, a couple of chunks in flight per worker (memory does not grow with the split);
+  order*, what one pipe buffers in flight per worker (memory does not grow with the split);
 - `ShardSink`: writes samples straight into consecutive tars of one split, starting a new tar when
   `shard_max_count` or `shard_max_bytes` would be exceeded (the same cut as the in-memory writer had),
   hashing each tar while writing it. Members are written the way `webdataset.TarWriter(mode=0o444,
