@@ -153,7 +153,7 @@ class TrainParams(_Section):
     defaults of every section are the tuned CPU recipe of params.yaml (bench/tuning.md, session 4)."""
 
     seed: int = 0
-    epochs: int = Field(2, ge=1, description="passes over the train split (the run is at least min_steps)")
+    epochs: int = Field(4, ge=1, description="passes over the train split (the run is at least min_steps)")
     min_steps: int | None = Field(
         None, ge=1, description="run at least this many updates, however small the dataset (epochs stretched)"
     )
